@@ -1,0 +1,311 @@
+//! Task, allocation and job states (DESIGN §3), and the transition records
+//! that make up their history.
+//!
+//! ```text
+//! task:  pending → assigned → running → succeeded | failed | killed | lost
+//!        failed | lost → pending (new attempt, restart policy allows) | dead
+//! alloc: assigned → running → succeeded | failed | killed | lost
+//!        assigned → failed | killed | lost
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a string is not a state name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is not a {what} state: use one of {expected}")]
+pub struct UnknownState {
+    pub given: String,
+    pub what: &'static str,
+    pub expected: &'static str,
+}
+
+macro_rules! state_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $what:literal {
+            $($(#[$vmeta:meta])* $variant:ident => $text:literal),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),*
+        }
+
+        impl $name {
+            /// Every state, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The state's name as on the wire and in `?state=` filters.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),*
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+            fn from_str(s: &str) -> Result<Self, UnknownState> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    _ => Err(UnknownState {
+                        given: s.to_string(),
+                        what: $what,
+                        expected: concat!($($text, " "),*).trim_ascii_end(),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+state_enum! {
+    /// Where a task stands. `failed` and `lost` are followed by `pending`
+    /// (a new attempt) or `dead` (the restart policy is exhausted).
+    TaskState, "task" {
+        /// Waiting to be placed (first attempt, restart, or after preemption).
+        Pending => "pending",
+        /// Placed on a node; the agent has not reported it running yet.
+        Assigned => "assigned",
+        Running => "running",
+        /// Exited 0. (Service tasks are restarted even then.)
+        Succeeded => "succeeded",
+        /// Exited non-zero or could not start.
+        Failed => "failed",
+        /// Stopped on purpose (job stopped).
+        Killed => "killed",
+        /// Its node went down.
+        Lost => "lost",
+        /// Failed or lost with no restart attempts left.
+        Dead => "dead",
+    }
+}
+
+state_enum! {
+    /// Where one attempt (allocation) stands. Terminal states never change.
+    AllocState, "allocation" {
+        Assigned => "assigned",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Killed => "killed",
+        Lost => "lost",
+    }
+}
+
+state_enum! {
+    /// Where a job stands.
+    JobState, "job" {
+        /// No task has started yet.
+        Pending => "pending",
+        /// At least one task is assigned or running, or waits to be restarted.
+        Running => "running",
+        /// Every task succeeded.
+        Complete => "complete",
+        /// At least one task is dead.
+        Failed => "failed",
+        /// Stopped by a user.
+        Stopped => "stopped",
+    }
+}
+
+impl TaskState {
+    /// Nothing more happens to the task by itself: `succeeded`, `killed` or
+    /// `dead`. (`failed` and `lost` lead to a new attempt or to `dead`; a
+    /// service's succeeded task is restarted by the master regardless.)
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Killed | TaskState::Dead
+        )
+    }
+}
+
+impl AllocState {
+    /// `succeeded`, `failed`, `killed` or `lost`: the attempt is over for good.
+    pub const fn is_terminal(self) -> bool {
+        !matches!(self, AllocState::Assigned | AllocState::Running)
+    }
+
+    /// Whether an allocation in this state may move to `next`:
+    /// assigned → running | failed | killed | lost;
+    /// running → succeeded | failed | killed | lost; terminal states never
+    /// change. Staying in the same state is not a transition (`false`);
+    /// callers treat a repeated report as a no-op.
+    pub const fn can_transition_to(self, next: AllocState) -> bool {
+        use AllocState::*;
+        matches!(
+            (self, next),
+            (Assigned, Running | Failed | Killed | Lost)
+                | (Running, Succeeded | Failed | Killed | Lost)
+        )
+    }
+
+    /// The task state an allocation state implies, for a task whose latest
+    /// attempt is this allocation (before any restart decision).
+    pub const fn task_state(self) -> TaskState {
+        match self {
+            AllocState::Assigned => TaskState::Assigned,
+            AllocState::Running => TaskState::Running,
+            AllocState::Succeeded => TaskState::Succeeded,
+            AllocState::Failed => TaskState::Failed,
+            AllocState::Killed => TaskState::Killed,
+            AllocState::Lost => TaskState::Lost,
+        }
+    }
+}
+
+impl JobState {
+    /// `complete`, `failed` or `stopped`.
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Complete | JobState::Failed | JobState::Stopped
+        )
+    }
+}
+
+/// One entry in the history of a task, an allocation or a job: the state
+/// entered, why, and when (milliseconds since the Unix epoch, master clock).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Transition<S> {
+    pub state: S,
+    /// Short and human: "submitted", "placed on node-3", "exit code 1",
+    /// "node node-3 down", "preempted by render/2".
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+impl<S> Transition<S> {
+    pub fn new(state: S, reason: impl Into<String>, at_unix_ms: u64) -> Self {
+        Transition {
+            state,
+            reason: reason.into(),
+            at_unix_ms,
+        }
+    }
+}
+
+pub type TaskTransition = Transition<TaskState>;
+pub type AllocTransition = Transition<AllocState>;
+pub type JobTransition = Transition<JobState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_serialize_as_snake_case_names_and_parse_back() {
+        for s in TaskState::ALL {
+            let json = serde_json::to_string(s).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+            assert_eq!(serde_json::from_str::<TaskState>(&json).unwrap(), *s);
+            assert_eq!(s.name().parse::<TaskState>(), Ok(*s));
+        }
+        for s in AllocState::ALL {
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+            assert_eq!(s.name().parse::<AllocState>(), Ok(*s));
+        }
+        for s in JobState::ALL {
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+            assert_eq!(s.name().parse::<JobState>(), Ok(*s));
+        }
+        assert_eq!(TaskState::ALL.len(), 8);
+        assert_eq!(AllocState::ALL.len(), 6);
+        assert_eq!(JobState::ALL.len(), 5);
+    }
+
+    #[test]
+    fn an_unknown_state_name_lists_the_known_ones() {
+        let err = "done".parse::<JobState>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"done\" is not a job state: use one of pending running complete failed stopped"
+        );
+        assert!(serde_json::from_str::<AllocState>("\"pending\"").is_err());
+    }
+
+    #[test]
+    fn terminal_states_are_the_ones_nothing_follows() {
+        let terminal: Vec<_> = TaskState::ALL.iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(
+            terminal,
+            [&TaskState::Succeeded, &TaskState::Killed, &TaskState::Dead]
+        );
+        let terminal: Vec<_> = AllocState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(terminal, ["succeeded", "failed", "killed", "lost"]);
+        let terminal: Vec<_> = JobState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(terminal, ["complete", "failed", "stopped"]);
+    }
+
+    #[test]
+    fn alloc_transitions_follow_the_lifecycle_and_terminal_states_never_change() {
+        use AllocState::*;
+        let allowed = [
+            (Assigned, Running),
+            (Assigned, Failed),
+            (Assigned, Killed),
+            (Assigned, Lost),
+            (Running, Succeeded),
+            (Running, Failed),
+            (Running, Killed),
+            (Running, Lost),
+        ];
+        for &from in AllocState::ALL {
+            for &to in AllocState::ALL {
+                assert_eq!(
+                    from.can_transition_to(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
+            }
+            if from.is_terminal() {
+                assert!(AllocState::ALL
+                    .iter()
+                    .all(|&to| !from.can_transition_to(to)));
+            }
+        }
+        assert!(
+            !Assigned.can_transition_to(Succeeded),
+            "must run to succeed"
+        );
+    }
+
+    #[test]
+    fn alloc_states_map_onto_the_task_state_of_the_same_name() {
+        for s in AllocState::ALL {
+            assert_eq!(s.task_state().name(), s.name());
+        }
+    }
+
+    #[test]
+    fn transitions_record_state_reason_and_time_on_the_wire() {
+        let t = Transition::new(TaskState::Pending, "preempted", 1_700_000_000_123);
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"state": "pending", "reason": "preempted", "at_unix_ms": 1_700_000_000_123u64})
+        );
+        let back: TaskTransition = serde_json::from_value(json).unwrap();
+        assert_eq!(back, t);
+    }
+}
