@@ -36,7 +36,7 @@ fn spread_fit(ws: &Workspace<'_>, task: &TaskRequest) -> Option<usize> {
     // Nodes come least-loaded first, so the first feasible node without a
     // shard of this job is the answer; at most `max` nodes hold one.
     let mut best: Option<(u32, usize)> = None;
-    for ni in ws.by_load() {
+    for ni in ws.by_load(&task.demand) {
         let here = per_node.get(&ni).copied().unwrap_or(0);
         if best.is_some_and(|(count, _)| count <= here) || !ws.fits(ni, &task.demand) {
             continue;

@@ -120,7 +120,7 @@ impl Explanation {
         }
         let mut parts: Vec<(&Misfit, usize)> = self.counts.iter().map(|(m, n)| (m, *n)).collect();
         // Stable sort: equal counts keep the check order of `Misfit`.
-        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         parts
             .iter()
             .map(|(m, n)| format!("{n} node{}: {m}", if *n == 1 { "" } else { "s" }))

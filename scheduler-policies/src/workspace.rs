@@ -70,6 +70,10 @@ pub(crate) struct Workspace<'v> {
     nodes: Vec<NodeState>,
     /// Ready nodes, least loaded first; ties broken by node order.
     by_load: BTreeSet<(LoadKey, usize)>,
+    /// The subset of `by_load` with a free GPU. GPU nodes are usually few
+    /// and, once one device is taken, more loaded than the rest: without
+    /// this a GPU task would walk past every CPU-only node.
+    by_load_gpu: BTreeSet<(LoadKey, usize)>,
     /// Live alloc indices (into `view.allocs()`) per node.
     allocs_on: Vec<Vec<usize>>,
     preempted: Vec<bool>,
@@ -118,6 +122,7 @@ impl<'v> Workspace<'v> {
             view,
             nodes,
             by_load: BTreeSet::new(),
+            by_load_gpu: BTreeSet::new(),
             allocs_on,
             preempted: vec![false; view.allocs().len()],
             job_live,
@@ -128,9 +133,7 @@ impl<'v> Workspace<'v> {
         for ni in 0..ws.nodes.len() {
             let key = ws.compute_key(ni);
             ws.nodes[ni].key = key;
-            if view.nodes()[ni].status == NodeStatus::Ready {
-                ws.by_load.insert((key, ni));
-            }
+            ws.index(ni, true);
         }
         ws
     }
@@ -153,15 +156,30 @@ impl<'v> Workspace<'v> {
         (fixed(dominant), fixed(node.utilisation.clamp(0.0, 1.0)))
     }
 
-    fn rekey(&mut self, ni: usize) {
-        let old = self.nodes[ni].key;
-        let new = self.compute_key(ni);
-        if old != new {
-            self.nodes[ni].key = new;
-            if self.by_load.remove(&(old, ni)) {
-                self.by_load.insert((new, ni));
-            }
+    /// Adds a ready node to the load indexes it belongs in, or removes it.
+    fn index(&mut self, ni: usize, add: bool) {
+        if self.view.nodes()[ni].status != NodeStatus::Ready {
+            return;
         }
+        let entry = (self.nodes[ni].key, ni);
+        let has_free_gpu = self.nodes[ni].gpu_used.iter().any(|used| !used);
+        if add {
+            self.by_load.insert(entry);
+            if has_free_gpu {
+                self.by_load_gpu.insert(entry);
+            }
+        } else {
+            self.by_load.remove(&entry);
+            self.by_load_gpu.remove(&entry);
+        }
+    }
+
+    /// Re-files a node after its usage changed. Removal goes by the stored
+    /// key and ignores GPU state, so this is right whatever changed.
+    fn rekey(&mut self, ni: usize) {
+        self.index(ni, false);
+        self.nodes[ni].key = self.compute_key(ni);
+        self.index(ni, true);
     }
 
     /// The node's load as used by least-loaded ordering (lower is emptier).
@@ -212,14 +230,19 @@ impl<'v> Workspace<'v> {
         self.misfit(ni, demand).is_none()
     }
 
-    /// Ready nodes from least to most loaded.
-    pub(crate) fn by_load(&self) -> impl Iterator<Item = usize> + '_ {
-        self.by_load.iter().map(|(_, ni)| *ni)
+    /// Ready nodes that might take the demand, from least to most loaded.
+    pub(crate) fn by_load(&self, demand: &Demand) -> impl Iterator<Item = usize> + '_ {
+        let set = if demand.gpus > 0 {
+            &self.by_load_gpu
+        } else {
+            &self.by_load
+        };
+        set.iter().map(|(_, ni)| *ni)
     }
 
     /// The least-loaded node that can take the demand now.
     pub(crate) fn least_loaded_fit(&self, demand: &Demand) -> Option<usize> {
-        self.by_load().find(|ni| self.fits(*ni, demand))
+        self.by_load(demand).find(|ni| self.fits(*ni, demand))
     }
 
     /// Why no node can take the demand: one reason per node, counted.
