@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite: what a newcomer runs and what CI runs (.ci/run calls
+# this after nothing else). Installs what the tests need when it is missing,
+# then: formatting, clippy, every test, doc tests, and each benchmark once as
+# a smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+"$(dirname "$0")/setup.sh"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "doc tests"
+cargo test --workspace --doc --locked
+
+step "benchmarks, once each (smoke: correctness only, no timing)"
+cargo test -p scheduler-policies --bench placement --locked
+
+step "tests"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo nextest run --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One plain closing line, whatever the runner printed: "N passed, N failed".
+summary=$(grep -E '^ +Summary .* tests? run' "$log" | tail -n 1)
+passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary")
+failed=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary")
+echo "tests: ${passed:-0} passed, ${failed:-0} failed"
+exit "$status"
