@@ -114,7 +114,7 @@ pub enum JobType {
 }
 
 /// `elastic: {min, max}`: start when `min` shards can run at once, grow to `max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Elastic {
     pub min: u32,
     pub max: u32,

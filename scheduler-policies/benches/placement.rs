@@ -78,5 +78,38 @@ fn placement(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, placement);
+/// The priority policy on a full cluster: every one of `tasks` high-priority
+/// tasks must preempt a low-priority alloc. Victim search looks at every
+/// node, so this is the policy's expensive path.
+fn preemption(c: &mut Criterion) {
+    let (nodes, tasks) = (1_000, 1_000);
+    let low = job("filler").priority(10).cpu(4_000).mem(16 * GIB);
+    let names: Vec<String> = (0..nodes).map(|i| format!("node-{i:05}")).collect();
+    let view = ClusterView::new(
+        names
+            .iter()
+            .map(|n| node(n).cpu(32_000).mem(128 * GIB).build())
+            .collect(),
+        (0..nodes * 8)
+            .map(|i| low.alloc_on(i as u32, &names[i / 8], &[]))
+            .collect(),
+    );
+    let q = job("urgent")
+        .priority(90)
+        .cpu(4_000)
+        .mem(16 * GIB)
+        .tasks(tasks as u32);
+    let decisions = registry::build(PolicyKind::Priority).schedule(&view, &q);
+    let out = verify(&view, &q, &decisions).expect("benchmark decisions are valid");
+    assert_eq!((out.placed.len(), out.preempted.len()), (tasks, tasks));
+    let mut group = c.benchmark_group(format!("preempt_{tasks}_tasks_on_{nodes}_full_nodes"));
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(tasks as u64));
+    group.bench_function("priority", |b| {
+        b.iter(|| registry::build(PolicyKind::Priority).schedule(&view, &q))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, placement, preemption);
 criterion_main!(benches);

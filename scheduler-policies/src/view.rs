@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use drover_api::Elastic;
 use drover_api::{AllocId, JobId, NodeId, TaskId};
 
 /// Whether a node may take new work.
@@ -47,13 +48,6 @@ pub struct NodeView {
     /// Live utilisation (0.0..=1.0) from the agent's last heartbeat, used only
     /// to break ties between equally loaded nodes.
     pub utilisation: f64,
-}
-
-/// Elastic bounds of a sharded job (DESIGN §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Elastic {
-    pub min: u32,
-    pub max: u32,
 }
 
 /// An allocation the master considers live (assigned or running).
