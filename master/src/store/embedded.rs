@@ -1,0 +1,1 @@
+//! Placeholder: the redb backend is being written.

@@ -1,0 +1,120 @@
+//! Persistence (DESIGN §7). The master keeps the whole cluster in memory and
+//! commits every state transition here before it acknowledges it. One trait,
+//! two backends (embedded redb here; etcd in its own module later), one
+//! conformance suite that both must pass.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub mod conformance;
+pub mod embedded;
+// `pub use embedded::EmbeddedStore;` once it exists.
+
+
+/// One write in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// Writes applied atomically and in order: all or none, and a later op on
+/// the same key wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    pub fn put(&mut self, key: impl Into<String>, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Put {
+            key: key.into(),
+            value,
+        });
+        self
+    }
+
+    /// Puts `value` as JSON. Serializing the master's own record types
+    /// cannot fail (string keys, no non-finite floats).
+    pub fn put_json<T: Serialize>(&mut self, key: impl Into<String>, value: &T) -> &mut Self {
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        self.put(key, bytes)
+    }
+
+    pub fn delete(&mut self, key: impl Into<String>) -> &mut Self {
+        self.ops.push(Op::Delete { key: key.into() });
+        self
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Every key and its value, in key order.
+pub type Snapshot = BTreeMap<String, Vec<u8>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or refused the write for now; the caller
+    /// answers 503 with Retry-After. Nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// This master is no longer allowed to write (it lost leadership).
+    #[error("write fenced: {0}")]
+    Fenced(String),
+    /// What is stored cannot be read back.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    /// `embedded` or `etcd`, as `GET /v1/cluster` shows it.
+    fn backend(&self) -> &'static str;
+    /// Everything stored, in key order.
+    async fn load(&self) -> Result<Snapshot, StoreError>;
+    /// Applies the batch atomically; when this returns `Ok`, the batch is
+    /// durable (survives a crash of the master or the machine).
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+}
+
+/// Key layout, shared by every backend (etcd adds its prefix).
+pub mod keys {
+    use drover_api::{AllocId, JobId, NodeId, TaskId};
+
+    pub fn job(id: &JobId) -> String {
+        format!("jobs/{id}")
+    }
+    pub fn task(id: &TaskId) -> String {
+        format!("tasks/{id}")
+    }
+    pub fn alloc(id: &AllocId) -> String {
+        format!("allocs/{id}")
+    }
+    pub fn node(id: &NodeId) -> String {
+        format!("nodes/{id}")
+    }
+    pub fn meta(name: &str) -> String {
+        format!("meta/{name}")
+    }
+}
