@@ -1,8 +1,91 @@
-fn main() {
-    eprintln!(
-        "drover-master {}: the master is not implemented yet (policies available: {})",
-        env!("CARGO_PKG_VERSION"),
-        drover_master::policy_names().join(", ")
-    );
-    std::process::exit(2);
+//! `drover-master`: flags and config in, `drover_master::server::run` out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use drover_api::PolicyKind;
+use drover_master::auth::Auth;
+use drover_master::clock::Clock;
+use drover_master::config::{MasterConfig, Overrides, StoreBackend};
+use drover_master::core::{Master, Settings};
+use drover_master::store::EmbeddedStore;
+
+/// The Drover master: REST API, scheduler and liveness for a cluster.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// YAML config file; every key has a default (see config/master.yaml).
+    #[arg(long, env = "DROVER_MASTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7070).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where the embedded store keeps its file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Allow listening beyond loopback without auth tokens.
+    #[arg(long)]
+    insecure: bool,
+    /// Policy for jobs that name none.
+    #[arg(long)]
+    default_policy: Option<PolicyKind>,
+    /// embedded or etcd.
+    #[arg(long)]
+    store: Option<StoreBackend>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => MasterConfig::load(path)?,
+        None => MasterConfig::default(),
+    };
+    config.apply(&Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        insecure: args.insecure,
+        default_policy: args.default_policy,
+        store_backend: args.store,
+    });
+    config.validate()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
+        .init();
+    let tokens = config.resolve_tokens()?;
+    let auth = Arc::new(Auth::new(tokens));
+    let store = match config.store.backend {
+        StoreBackend::Embedded => {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                .await
+                .context("opening the embedded store")??
+        }
+        StoreBackend::Etcd => {
+            bail!("store.backend: etcd is not supported by this build yet; use embedded")
+        }
+    };
+    let master = Master::open(
+        Settings::from_config(&config),
+        Arc::new(store),
+        Clock::system(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    drover_master::server::run(master, auth, listener, shutdown).await;
+    Ok(())
 }

@@ -11,8 +11,7 @@ use serde::Serialize;
 
 pub mod conformance;
 pub mod embedded;
-// `pub use embedded::EmbeddedStore;` once it exists.
-
+pub use embedded::EmbeddedStore;
 
 /// One write in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,679 @@
+//! The master's shared core: the cluster behind one lock, the store, the
+//! scheduler loop, liveness, and node assignment notifications.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use drover_api::protocol::{
+    task_env, AllocUpdate, Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
+    RegisterResponse,
+};
+use drover_api::{AllocId, JobId, NodeId, PolicyKind, TaskId};
+use scheduler_policies::{registry, ClusterView, Decision, Demand, Policy, TaskRequest};
+use tokio::sync::{watch, Mutex, MutexGuard, Notify};
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::lifecycle::{self, KillCause};
+use crate::metrics::Metrics;
+use crate::model::{Drain, NodeLive, NodeRecord};
+use crate::state::{Changes, Cluster, Txn};
+use crate::store::{Store, StoreError};
+use crate::view::build_view;
+
+/// Runtime parameters of the master (from its config file and flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub node_timeout: Duration,
+    /// Missed heartbeats before a node is suspect.
+    pub suspect_after_missed: u32,
+    /// When more than half the nodes go silent at once, mark at most this
+    /// many down per second (the master may be the one cut off).
+    pub max_down_per_second: u32,
+    pub default_policy: PolicyKind,
+    /// The scheduler also runs this often without being woken (restart delays).
+    pub pass_interval: Duration,
+    pub poll_timeout: Duration,
+    /// Grace between SIGTERM and SIGKILL, told to agents.
+    pub kill_timeout: Duration,
+    pub max_body_bytes: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat_interval: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(10),
+            suspect_after_missed: 3,
+            max_down_per_second: 1,
+            default_policy: PolicyKind::LeastLoaded,
+            pass_interval: Duration::from_secs(1),
+            poll_timeout: Duration::from_secs(30),
+            kill_timeout: Duration::from_secs(5),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request contradicts what the master knows (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+#[derive(Debug)]
+pub struct Master {
+    pub settings: Settings,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    store: Arc<dyn Store>,
+    cluster: Mutex<Cluster>,
+    /// Heartbeat receive times, by the master's monotonic clock.
+    last_seen: std::sync::Mutex<BTreeMap<NodeId, Instant>>,
+    node_versions: std::sync::Mutex<BTreeMap<NodeId, watch::Sender<u64>>>,
+    policies: std::sync::Mutex<BTreeMap<PolicyKind, Box<dyn Policy>>>,
+    wake: Notify,
+    /// Token bucket for marking nodes down during a mass silence.
+    down_budget: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl Master {
+    /// Loads the cluster from the store. Every known node counts as seen
+    /// now, so no node is declared down before one `node_timeout` has passed
+    /// since this master took office (DESIGN §7).
+    pub async fn open(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Clock,
+    ) -> Result<Arc<Master>, StoreError> {
+        let started = StdInstant::now();
+        let snapshot = store.load().await?;
+        let cluster = Cluster::from_snapshot(&snapshot)?;
+        let metrics = Metrics::new();
+        metrics
+            .store_op_duration
+            .with_label_values(&["load"])
+            .observe(started.elapsed().as_secs_f64());
+        metrics.is_leader.set(1.0);
+        let now = clock.now();
+        let last_seen = cluster.nodes.keys().map(|n| (n.clone(), now)).collect();
+        tracing::info!(
+            jobs = cluster.jobs.len(),
+            tasks = cluster.tasks.len(),
+            nodes = cluster.nodes.len(),
+            backend = store.backend(),
+            "cluster state loaded"
+        );
+        Ok(Arc::new(Master {
+            settings,
+            metrics,
+            store,
+            cluster: Mutex::new(cluster),
+            last_seen: std::sync::Mutex::new(last_seen),
+            node_versions: std::sync::Mutex::new(BTreeMap::new()),
+            policies: std::sync::Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            down_budget: std::sync::Mutex::new((0.0, now)),
+            clock,
+        }))
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    pub async fn lock(&self) -> MutexGuard<'_, Cluster> {
+        self.cluster.lock().await
+    }
+
+    /// Makes staged changes durable, then applies them and tells the nodes
+    /// whose assignments changed. On error nothing changed anywhere.
+    pub async fn commit(&self, cluster: &mut Cluster, changes: Changes) -> Result<(), CommitError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let batch = changes.batch();
+        let started = StdInstant::now();
+        let result = self.store.commit(batch).await;
+        self.metrics
+            .store_op_duration
+            .with_label_values(&["commit"])
+            .observe(started.elapsed().as_secs_f64());
+        result?;
+        let touched = changes.touched_nodes(cluster);
+        cluster.apply(changes);
+        self.bump_nodes(touched);
+        Ok(())
+    }
+
+    fn bump_nodes(&self, nodes: impl IntoIterator<Item = NodeId>) {
+        let mut versions = self.node_versions.lock().unwrap_or_else(|e| e.into_inner());
+        for node in nodes {
+            versions
+                .entry(node)
+                .or_insert_with(|| watch::channel(0).0)
+                .send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A receiver of a node's assignment version; it changes whenever the
+    /// node's live allocs do.
+    pub fn node_version(&self, node: &NodeId) -> watch::Receiver<u64> {
+        let mut versions = self.node_versions.lock().unwrap_or_else(|e| e.into_inner());
+        versions
+            .entry(node.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Asks the scheduler loop for a pass soon.
+    pub fn wake_scheduler(&self) {
+        self.wake.notify_one();
+    }
+
+    // ---- scheduling ----
+
+    /// Runs passes when woken or every `pass_interval`, until `shutdown`.
+    pub async fn run_scheduler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.settings.pass_interval) => {}
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.schedule_pass().await {
+                tracing::warn!(error = %e, "scheduling pass not committed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.wake_scheduler();
+            }
+        }
+    }
+
+    /// One pass: snapshot, run each policy on its share of the queue,
+    /// commit all decisions in one batch.
+    pub async fn schedule_pass(&self) -> Result<usize, CommitError> {
+        let started = StdInstant::now();
+        let mut cluster = self.lock().await;
+        if cluster.pending.is_empty() {
+            return Ok(0);
+        }
+        let now_ms = self.clock.wall_ms();
+        let default = self.settings.default_policy;
+        let mut demands: BTreeMap<JobId, Arc<Demand>> = BTreeMap::new();
+        let mut groups: BTreeMap<PolicyKind, Vec<TaskRequest>> = BTreeMap::new();
+        let mut pending_since: BTreeMap<TaskId, u64> = BTreeMap::new();
+        for tid in &cluster.pending {
+            let (Some(task), Some(job)) = (cluster.tasks.get(tid), cluster.jobs.get(&tid.job))
+            else {
+                continue;
+            };
+            if job.stopped || task.not_before_ms > now_ms {
+                continue;
+            }
+            let spec = &job.spec;
+            let demand = demands.entry(job.id.clone()).or_insert_with(|| {
+                Arc::new(Demand {
+                    cpu_millis: spec.resources.cpu.millis(),
+                    memory_bytes: spec.resources.memory.bytes(),
+                    gpus: spec.resources.gpu,
+                    gpu_model: spec.constraints.gpu_model.clone(),
+                    labels: spec.constraints.labels.clone(),
+                })
+            });
+            let since = task.history.last().map_or(now_ms, |t| t.at_unix_ms);
+            pending_since.insert(tid.clone(), since.max(task.not_before_ms));
+            groups
+                .entry(spec.effective_policy(default))
+                .or_default()
+                .push(TaskRequest {
+                    task: tid.clone(),
+                    priority: spec.priority,
+                    submit_seq: job.submit_seq,
+                    demand: Arc::clone(demand),
+                    elastic: spec.elastic,
+                });
+        }
+        let mut placed = 0usize;
+        let mut waits = Vec::new();
+        let changes = {
+            let mut txn = Txn::new(&cluster);
+            let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+            for (kind, queue) in &groups {
+                let view: ClusterView = build_view(&txn);
+                let policy = policies
+                    .entry(*kind)
+                    .or_insert_with(|| registry::build(*kind));
+                for decision in policy.schedule(&view, queue) {
+                    match decision {
+                        Decision::Place { task, node, gpus } => {
+                            if lifecycle::place(&mut txn, &task, &node, gpus, kind.name(), now_ms)
+                                .is_some()
+                            {
+                                placed += 1;
+                                self.metrics
+                                    .placements
+                                    .with_label_values(&[kind.name()])
+                                    .inc();
+                                let since = pending_since.get(&task).copied().unwrap_or(now_ms);
+                                self.metrics
+                                    .scheduling_latency
+                                    .observe(now_ms.saturating_sub(since) as f64 / 1000.0);
+                            }
+                        }
+                        Decision::Preempt { victim, for_task } => {
+                            if lifecycle::kill(
+                                &mut txn,
+                                &victim,
+                                KillCause::Preempted { by: for_task },
+                                now_ms,
+                            ) {
+                                self.metrics.preemptions.inc();
+                                self.metrics
+                                    .reschedules
+                                    .with_label_values(&["preempted"])
+                                    .inc();
+                            }
+                        }
+                        Decision::Wait { task, reason } => waits.push((task, reason)),
+                    }
+                }
+            }
+            txn.into_changes()
+        };
+        self.commit(&mut cluster, changes).await?;
+        for (task, reason) in waits {
+            cluster.wait_reasons.insert(task, reason);
+        }
+        let elapsed = started.elapsed();
+        self.metrics.pass_duration.observe(elapsed.as_secs_f64());
+        if placed > 0 {
+            tracing::debug!(
+                placed,
+                waiting = cluster.pending.len(),
+                ?elapsed,
+                "scheduling pass"
+            );
+        }
+        Ok(placed)
+    }
+
+    // ---- agents ----
+
+    fn interval_ms(&self) -> u64 {
+        u64::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, CommitError> {
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        let node_id = match &req.node_id {
+            Some(id) => id.clone(),
+            None => fresh_node_id(&cluster, &req.hostname),
+        };
+        let changes = {
+            let mut txn = Txn::new(&cluster);
+            let previous = txn.node(&node_id).cloned();
+            if let Some(p) = previous
+                .as_ref()
+                .filter(|p| !p.down && p.hostname != req.hostname)
+            {
+                return Err(CommitError::Conflict(format!(
+                    "node id {node_id} belongs to host {:?}; this agent runs on {:?}",
+                    p.hostname, req.hostname
+                )));
+            }
+            txn.put_node(NodeRecord {
+                id: node_id.clone(),
+                hostname: req.hostname.clone(),
+                log_addr: req.log_addr.clone(),
+                resources: req.resources.clone(),
+                reserved: req.reserved,
+                labels: req.labels.clone(),
+                attributes: req.attributes.clone(),
+                version: req.version.clone(),
+                down: false,
+                drain: previous.as_ref().and_then(|p| p.drain.clone()),
+                registered_at_ms: now_ms,
+            });
+            txn.into_changes()
+        };
+        self.commit(&mut cluster, changes).await?;
+        let live: Vec<AllocId> = cluster
+            .live_allocs_on(&node_id)
+            .map(|a| a.id.clone())
+            .collect();
+        let kill = req
+            .running_allocs
+            .iter()
+            .filter(|a| !live.contains(a))
+            .cloned()
+            .collect();
+        self.seen(&node_id, &mut cluster);
+        drop(cluster);
+        tracing::info!(node = %node_id, hostname = %req.hostname, "node registered");
+        self.wake_scheduler();
+        Ok(RegisterResponse {
+            node_id,
+            heartbeat_interval_ms: self.interval_ms(),
+            kill,
+        })
+    }
+
+    fn seen(&self, node: &NodeId, cluster: &mut Cluster) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.clone(), self.clock.now());
+        if let Some(live) = cluster.live.get_mut(node) {
+            live.suspect = false;
+            live.last_heartbeat_ms = self.clock.wall_ms();
+        }
+    }
+
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, CommitError> {
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        let Some(node) = cluster.nodes.get(&req.node_id) else {
+            return Ok(HeartbeatResponse {
+                heartbeat_interval_ms: self.interval_ms(),
+                reregister: true,
+            });
+        };
+        let was_down = node.down;
+        let (changes, ended) = {
+            let mut txn = Txn::new(&cluster);
+            if was_down {
+                if let Some(n) = txn.node_mut(&req.node_id) {
+                    n.down = false;
+                }
+            }
+            let ended = apply_reports(&mut txn, &req.node_id, &req.updates, now_ms);
+            (txn.into_changes(), ended)
+        };
+        self.commit(&mut cluster, changes).await?;
+        self.seen(&req.node_id, &mut cluster);
+        if let Some(live) = cluster.live.get_mut(&req.node_id) {
+            live.usage_cpu_millis = req.usage.cpu_millis;
+            live.usage_memory_bytes = req.usage.memory_bytes;
+            live.offer_cpu_millis = req.offer.cpu_millis;
+            live.offer_memory_bytes = req.offer.memory_bytes;
+        }
+        drop(cluster);
+        if was_down {
+            tracing::info!(node = %req.node_id, "node is back");
+        }
+        if ended || was_down {
+            self.wake_scheduler();
+        }
+        Ok(HeartbeatResponse {
+            heartbeat_interval_ms: self.interval_ms(),
+            reregister: false,
+        })
+    }
+
+    /// The node's desired allocs and the version they are at.
+    pub async fn assignments(&self, node: &NodeId) -> (u64, Vec<Assignment>) {
+        let cluster = self.lock().await;
+        let version = *self.node_version(node).borrow();
+        let kill_timeout_ms =
+            u64::try_from(self.settings.kill_timeout.as_millis()).unwrap_or(u64::MAX);
+        let allocs = cluster
+            .live_allocs_on(node)
+            .filter_map(|a| {
+                let job = cluster.jobs.get(&a.id.task.job)?;
+                let spec = &job.spec;
+                Some(Assignment {
+                    alloc: a.id.clone(),
+                    job_type: spec.job_type,
+                    command: spec.command.clone(),
+                    env: task_env(&a.id, spec.shards, &a.gpus, &spec.env),
+                    cpu_millis: a.cpu_millis,
+                    memory_bytes: a.memory_bytes,
+                    gpus: a.gpus.clone(),
+                    kill_timeout_ms,
+                })
+            })
+            .collect();
+        (version, allocs)
+    }
+
+    /// Waits until the node's assignments differ from `known`, or the poll
+    /// timeout passes; then returns them.
+    pub async fn poll(&self, node: &NodeId, known: u64) -> (u64, Vec<Assignment>) {
+        let mut rx = self.node_version(node);
+        if *rx.borrow_and_update() == known {
+            let _ = tokio::time::timeout(self.settings.poll_timeout, rx.changed()).await;
+        }
+        self.assignments(node).await
+    }
+
+    // ---- operators ----
+
+    pub async fn set_drain(
+        &self,
+        node: &NodeId,
+        enable: bool,
+        deadline: Duration,
+    ) -> Result<Option<NodeRecord>, CommitError> {
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        if !cluster.nodes.contains_key(node) {
+            return Ok(None);
+        }
+        let changes = {
+            let mut txn = Txn::new(&cluster);
+            if let Some(n) = txn.node_mut(node) {
+                n.drain = enable.then(|| Drain {
+                    started_at_ms: now_ms,
+                    deadline_ms: now_ms
+                        .saturating_add(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX)),
+                });
+            }
+            // Services move at once; batch tasks may finish until the deadline.
+            if enable {
+                for alloc_id in txn.live_alloc_ids_on(node) {
+                    let service = txn
+                        .job(&alloc_id.task.job)
+                        .is_some_and(|j| j.spec.job_type == drover_api::JobType::Service);
+                    if service || deadline.is_zero() {
+                        lifecycle::kill(
+                            &mut txn,
+                            &alloc_id,
+                            KillCause::Drained { node: node.clone() },
+                            now_ms,
+                        );
+                        self.metrics
+                            .reschedules
+                            .with_label_values(&["drained"])
+                            .inc();
+                    }
+                }
+            }
+            txn.into_changes()
+        };
+        self.commit(&mut cluster, changes).await?;
+        let rec = cluster.nodes.get(node).cloned();
+        drop(cluster);
+        tracing::info!(node = %node, enable, ?deadline, "drain updated");
+        self.wake_scheduler();
+        Ok(rec)
+    }
+
+    // ---- liveness ----
+
+    /// Checks heartbeats every half interval until `shutdown`.
+    pub async fn run_liveness(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat_interval / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.check_liveness().await {
+                tracing::warn!(error = %e, "liveness changes not committed; retrying next tick");
+            }
+        }
+    }
+
+    /// Marks silent nodes suspect, then down (their allocs lost), and
+    /// enforces drain deadlines. Returns the nodes declared down.
+    pub async fn check_liveness(&self) -> Result<Vec<NodeId>, CommitError> {
+        let now = self.clock.now();
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        let suspect_after = self.settings.heartbeat_interval * self.settings.suspect_after_missed;
+        let mut candidates = Vec::new();
+        let mut alive = 0usize;
+        {
+            let seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<NodeId> = cluster
+                .nodes
+                .values()
+                .filter(|n| !n.down)
+                .map(|n| n.id.clone())
+                .collect();
+            for id in ids {
+                alive += 1;
+                let silent = seen
+                    .get(&id)
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t));
+                let live = cluster
+                    .live
+                    .entry(id.clone())
+                    .or_insert_with(NodeLive::default);
+                live.suspect = silent > suspect_after;
+                if silent > self.settings.node_timeout {
+                    candidates.push(id);
+                }
+            }
+        }
+        let down = self.limit_mass_failure(candidates, alive, now);
+        let changes = {
+            let mut txn = Txn::new(&cluster);
+            for node in &down {
+                let lost = txn.live_alloc_ids_on(node).len();
+                lifecycle::node_down(&mut txn, node, now_ms);
+                self.metrics
+                    .reschedules
+                    .with_label_values(&["lost"])
+                    .inc_by(lost as u64);
+            }
+            let overdue: Vec<NodeId> = cluster
+                .nodes
+                .values()
+                .filter(|n| !n.down && n.drain.as_ref().is_some_and(|d| d.deadline_ms <= now_ms))
+                .map(|n| n.id.clone())
+                .collect();
+            for node in overdue {
+                for alloc_id in txn.live_alloc_ids_on(&node) {
+                    lifecycle::kill(
+                        &mut txn,
+                        &alloc_id,
+                        KillCause::Drained { node: node.clone() },
+                        now_ms,
+                    );
+                    self.metrics
+                        .reschedules
+                        .with_label_values(&["drained"])
+                        .inc();
+                }
+            }
+            txn.into_changes()
+        };
+        let changed = !changes.is_empty();
+        self.commit(&mut cluster, changes).await?;
+        drop(cluster);
+        for node in &down {
+            self.metrics.node_failures.inc();
+            tracing::warn!(node = %node, timeout = ?self.settings.node_timeout, "node down: no heartbeat");
+        }
+        if changed {
+            self.wake_scheduler();
+        }
+        Ok(down)
+    }
+
+    /// If more than half of the live nodes went silent at once, the master
+    /// is more likely cut off than they are dead: let only a trickle through.
+    fn limit_mass_failure(
+        &self,
+        mut candidates: Vec<NodeId>,
+        alive: usize,
+        now: Instant,
+    ) -> Vec<NodeId> {
+        if candidates.len() * 2 <= alive || alive < 2 {
+            return candidates;
+        }
+        let rate = f64::from(self.settings.max_down_per_second.max(1));
+        let mut budget = self.down_budget.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = now.saturating_duration_since(budget.1).as_secs_f64();
+        budget.0 = (budget.0 + elapsed * rate).min(rate);
+        budget.1 = now;
+        let allowed = budget.0.floor() as usize;
+        tracing::error!(
+            silent = candidates.len(),
+            alive,
+            allowed,
+            "more than half of the nodes went silent at once; this master may be the one cut off; marking nodes down at most {rate}/s"
+        );
+        candidates.truncate(allowed);
+        budget.0 -= candidates.len() as f64;
+        candidates
+    }
+}
+
+fn apply_reports(txn: &mut Txn<'_>, node: &NodeId, updates: &[AllocUpdate], now_ms: u64) -> bool {
+    let mut ended = false;
+    for u in updates {
+        if lifecycle::report(txn, node, u, now_ms) {
+            ended |= u.state.is_terminal();
+        } else {
+            tracing::debug!(node = %node, alloc = %u.alloc, state = %u.state, "ignored report about an alloc that is not live here");
+        }
+    }
+    ended
+}
+
+/// A node id from the hostname, made unique.
+fn fresh_node_id(cluster: &Cluster, hostname: &str) -> NodeId {
+    let base: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    let base = if base.is_empty() {
+        "node".to_string()
+    } else {
+        base
+    };
+    (0..)
+        .map(|i| {
+            if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            }
+        })
+        .filter_map(|s| NodeId::new(s).ok())
+        .find(|id| !cluster.nodes.contains_key(id))
+        .unwrap_or_else(|| NodeId::new("node").expect("valid literal"))
+}

@@ -1,0 +1,1003 @@
+//! The REST API (DESIGN §5) and the agent protocol endpoints (§6), on warp.
+//!
+//! Every error is `{"error": {"code", "message"}}` with a proper status;
+//! bad input is rejected before anything is staged, let alone stored.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use drover_api::protocol::{
+    HeartbeatRequest, PollRequest, PollResponse, RegisterRequest, PROTOCOL_VERSION,
+};
+use drover_api::{AllocId, JobId, JobSpec, JobState, NodeId, SpecError, TaskId, TaskState};
+use scheduler_policies::{registry, Decision, Demand, TaskRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::auth::{Auth, AuthError, Role};
+use crate::core::{CommitError, Master};
+use crate::lifecycle::{self, Submitted};
+use crate::model::{AllocRecord, JobRecord, NodeRecord, NodeState, TaskCounts, TaskRecord};
+use crate::state::{Cluster, Txn};
+use crate::view::build_view;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    fields: Option<serde_json::Value>,
+    retry_after: Option<u64>,
+    www_authenticate: Option<&'static str>,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            fields: None,
+            retry_after: None,
+            www_authenticate: None,
+        }
+    }
+
+    fn not_found(what: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn spec(err: SpecError) -> Self {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_spec", err.to_string());
+        let fields: Vec<_> = err
+            .field_errors()
+            .iter()
+            .map(|f| json!({"path": f.path, "message": f.message}))
+            .collect();
+        if !fields.is_empty() {
+            e.fields = Some(serde_json::Value::Array(fields));
+        }
+        e
+    }
+
+    fn auth(err: AuthError) -> Self {
+        let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut e = ApiError::new(status, err.code(), err.to_string());
+        e.www_authenticate = err.www_authenticate();
+        e
+    }
+
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(fields) = self.fields {
+            body["error"]["fields"] = fields;
+        }
+        let mut resp =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        }
+        if let Some(v) = self.www_authenticate {
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static(v));
+        }
+        resp
+    }
+}
+
+impl From<CommitError> for ApiError {
+    fn from(e: CommitError) -> Self {
+        if let CommitError::Conflict(msg) = e {
+            return ApiError::new(StatusCode::CONFLICT, "conflict", msg);
+        }
+        tracing::warn!(error = %e, "write not committed");
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        );
+        err.retry_after = Some(1);
+        err
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+fn ok<T: Serialize>(body: &T) -> Answer {
+    Ok(json_reply(StatusCode::OK, body))
+}
+
+// ---- views ----
+
+#[derive(Debug, Serialize)]
+struct JobView<'a> {
+    id: &'a JobId,
+    version: u64,
+    state: JobState,
+    #[serde(rename = "type")]
+    job_type: drover_api::JobType,
+    priority: u8,
+    policy: &'static str,
+    submitted_at_ms: u64,
+    tasks: TaskCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec: Option<&'a JobSpec>,
+}
+
+fn job_view<'a>(master: &Master, c: &Cluster, j: &'a JobRecord, with_spec: bool) -> JobView<'a> {
+    JobView {
+        id: &j.id,
+        version: j.version,
+        state: c.job_state(j),
+        job_type: j.spec.job_type,
+        priority: j.spec.priority,
+        policy: j
+            .spec
+            .effective_policy(master.settings.default_policy)
+            .name(),
+        submitted_at_ms: j.submitted_at_ms,
+        tasks: c.job_counts(&j.id),
+        spec: with_spec.then_some(&j.spec),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct TaskView<'a> {
+    id: &'a TaskId,
+    state: TaskState,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<&'a String>,
+    job_version: u64,
+    restarts: u32,
+    attempts: Vec<&'a AllocRecord>,
+    history: &'a [drover_api::state::Transition<TaskState>],
+}
+
+fn task_view<'a>(c: &'a Cluster, t: &'a TaskRecord) -> TaskView<'a> {
+    TaskView {
+        id: &t.id,
+        state: t.state,
+        reason: t.reason(),
+        waiting: c.wait_reasons.get(&t.id),
+        job_version: t.job_version,
+        restarts: t.restarts,
+        attempts: (1..=t.attempts)
+            .filter_map(|a| c.allocs.get(&t.id.alloc(a)))
+            .collect(),
+        history: &t.history,
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Amounts {
+    cpu_millis: u64,
+    memory_bytes: u64,
+    gpus: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeView<'a> {
+    #[serde(flatten)]
+    record: &'a NodeRecord,
+    state: NodeState,
+    allocatable: Amounts,
+    allocated: Amounts,
+    usage: Amounts,
+    last_heartbeat_ms: u64,
+    allocs: Vec<&'a AllocId>,
+}
+
+fn node_view<'a>(c: &'a Cluster, n: &'a NodeRecord) -> NodeView<'a> {
+    let mut allocated = Amounts::default();
+    let mut allocs = Vec::new();
+    for a in c.live_allocs_on(&n.id) {
+        allocated.cpu_millis += a.cpu_millis;
+        allocated.memory_bytes += a.memory_bytes;
+        allocated.gpus += a.gpus.len() as u64;
+        allocs.push(&a.id);
+    }
+    let live = c.live.get(&n.id);
+    NodeView {
+        record: n,
+        state: c.node_state(n),
+        allocatable: Amounts {
+            cpu_millis: n.resources.cpu_millis.saturating_sub(n.reserved.cpu_millis),
+            memory_bytes: n
+                .resources
+                .memory_bytes
+                .saturating_sub(n.reserved.memory_bytes),
+            gpus: n.resources.gpus.len() as u64,
+        },
+        allocated,
+        usage: Amounts {
+            cpu_millis: live.map_or(0, |l| l.usage_cpu_millis),
+            memory_bytes: live.map_or(0, |l| l.usage_memory_bytes),
+            gpus: 0,
+        },
+        last_heartbeat_ms: live.map_or(0, |l| l.last_heartbeat_ms),
+        allocs,
+    }
+}
+
+// ---- handlers ----
+
+fn parse_spec(content_type: Option<&str>, body: &[u8]) -> Result<JobSpec, ApiError> {
+    let mime = content_type
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    match mime.as_str() {
+        "application/json" => JobSpec::parse_json(text).map_err(ApiError::spec),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            JobSpec::parse_yaml(text).map_err(ApiError::spec)
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type {other:?}: send application/json or application/yaml"),
+        )),
+    }
+}
+
+async fn submit(master: Arc<Master>, content_type: Option<String>, body: Bytes) -> Answer {
+    let spec = parse_spec(content_type.as_deref(), &body)?;
+    let now_ms = master.clock.wall_ms();
+    let mut cluster = master.lock().await;
+    let (outcome, changes) = {
+        let mut txn = Txn::new(&cluster);
+        let outcome = lifecycle::submit(&mut txn, spec, now_ms);
+        (outcome, txn.into_changes())
+    };
+    master.commit(&mut cluster, changes).await?;
+    let job = cluster
+        .jobs
+        .get(&body_job_name(&cluster, &body, content_type.as_deref()))
+        .cloned();
+    let status = if outcome == Submitted::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let answer = job.map(|j| {
+        let mut v =
+            serde_json::to_value(job_view(&master, &cluster, &j, false)).unwrap_or_default();
+        v["outcome"] = json!(match outcome {
+            Submitted::Created => "created",
+            Submitted::Unchanged => "unchanged",
+            Submitted::Updated => "updated",
+        });
+        v
+    });
+    drop(cluster);
+    if outcome != Submitted::Unchanged {
+        master.wake_scheduler();
+    }
+    Ok(json_reply(status, &answer))
+}
+
+/// The submitted job's id (the spec parsed once already; this only re-reads
+/// the name, which is valid by now).
+fn body_job_name(_c: &Cluster, body: &[u8], content_type: Option<&str>) -> JobId {
+    parse_spec(content_type, body)
+        .map(|s| s.name)
+        .unwrap_or_else(|_| JobId::new("unknown").expect("valid literal"))
+}
+
+#[derive(Debug, Serialize)]
+struct PlanAnswer {
+    placements: Vec<PlannedPlacement>,
+    preemptions: Vec<PlannedPreemption>,
+    waiting: Vec<PlannedWait>,
+}
+
+#[derive(Debug, Serialize)]
+struct PlannedPlacement {
+    task: TaskId,
+    node: NodeId,
+    gpus: Vec<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct PlannedPreemption {
+    victim: AllocId,
+    for_task: TaskId,
+}
+
+#[derive(Debug, Serialize)]
+struct PlannedWait {
+    task: TaskId,
+    reason: String,
+}
+
+/// Dry run: where each task would go now, or why it cannot. Writes nothing,
+/// and uses a fresh policy so that round-robin's cursor is not moved.
+async fn plan(master: Arc<Master>, content_type: Option<String>, body: Bytes) -> Answer {
+    let spec = parse_spec(content_type.as_deref(), &body)?;
+    let cluster = master.lock().await;
+    let txn = Txn::new(&cluster);
+    let view = build_view(&txn);
+    let demand = Arc::new(Demand {
+        cpu_millis: spec.resources.cpu.millis(),
+        memory_bytes: spec.resources.memory.bytes(),
+        gpus: spec.resources.gpu,
+        gpu_model: spec.constraints.gpu_model.clone(),
+        labels: spec.constraints.labels.clone(),
+    });
+    let queue: Vec<TaskRequest> = (0..spec.task_count())
+        .map(|i| TaskRequest {
+            task: spec.name.task(i),
+            priority: spec.priority,
+            submit_seq: u64::MAX,
+            demand: Arc::clone(&demand),
+            elastic: spec.elastic,
+        })
+        .collect();
+    let mut policy = registry::build(spec.effective_policy(master.settings.default_policy));
+    let mut answer = PlanAnswer {
+        placements: Vec::new(),
+        preemptions: Vec::new(),
+        waiting: Vec::new(),
+    };
+    for d in policy.schedule(&view, &queue) {
+        match d {
+            Decision::Place { task, node, gpus } => {
+                answer
+                    .placements
+                    .push(PlannedPlacement { task, node, gpus })
+            }
+            Decision::Preempt { victim, for_task } => answer
+                .preemptions
+                .push(PlannedPreemption { victim, for_task }),
+            Decision::Wait { task, reason } => answer.waiting.push(PlannedWait { task, reason }),
+        }
+    }
+    ok(&answer)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListJobs {
+    state: Option<String>,
+}
+
+async fn list_jobs(master: Arc<Master>, q: ListJobs) -> Answer {
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            s.parse::<JobState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
+        ),
+    };
+    let cluster = master.lock().await;
+    let jobs: Vec<_> = cluster
+        .jobs
+        .values()
+        .map(|j| job_view(&master, &cluster, j, false))
+        .filter(|v| wanted.is_none_or(|w| v.state == w))
+        .collect();
+    ok(&jobs)
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::new(raw).map_err(|_| ApiError::not_found(format!("job {raw:?}")))
+}
+
+async fn get_job(master: Arc<Master>, id: String) -> Answer {
+    let id = job_id(&id)?;
+    let cluster = master.lock().await;
+    let job = cluster
+        .jobs
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    ok(&job_view(&master, &cluster, job, true))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
+async fn stop_job(master: Arc<Master>, id: String, q: StopQuery) -> Answer {
+    let id = job_id(&id)?;
+    let now_ms = master.clock.wall_ms();
+    let mut cluster = master.lock().await;
+    if !cluster.jobs.contains_key(&id) {
+        return Err(ApiError::not_found(format!("job {id}")));
+    }
+    let changes = {
+        let mut txn = Txn::new(&cluster);
+        if q.purge {
+            lifecycle::purge(&mut txn, &id, now_ms);
+        } else {
+            lifecycle::stop(&mut txn, &id, now_ms);
+        }
+        txn.into_changes()
+    };
+    master.commit(&mut cluster, changes).await?;
+    tracing::info!(job = %id, purge = q.purge, "job stopped");
+    let body = match cluster.jobs.get(&id) {
+        Some(j) => serde_json::to_value(job_view(&master, &cluster, j, false)).unwrap_or_default(),
+        None => json!({"id": id, "purged": true}),
+    };
+    drop(cluster);
+    master.wake_scheduler();
+    ok(&body)
+}
+
+async fn job_tasks(master: Arc<Master>, id: String) -> Answer {
+    let id = job_id(&id)?;
+    let cluster = master.lock().await;
+    if !cluster.jobs.contains_key(&id) {
+        return Err(ApiError::not_found(format!("job {id}")));
+    }
+    let tasks: Vec<_> = cluster
+        .tasks_of(&id)
+        .map(|t| task_view(&cluster, t))
+        .collect();
+    ok(&tasks)
+}
+
+fn task_id(job: &str, index: &str) -> Result<TaskId, ApiError> {
+    format!("{job}/{index}")
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("task {job}/{index}")))
+}
+
+async fn get_task(master: Arc<Master>, job: String, index: String) -> Answer {
+    let id = task_id(&job, &index)?;
+    let cluster = master.lock().await;
+    let task = cluster
+        .tasks
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("task {id}")))?;
+    ok(&task_view(&cluster, task))
+}
+
+async fn task_logs(master: Arc<Master>, job: String, index: String) -> Answer {
+    let id = task_id(&job, &index)?;
+    let cluster = master.lock().await;
+    let task = cluster
+        .tasks
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("task {id}")))?;
+    if task.attempts == 0 {
+        return Err(ApiError::not_found(format!(
+            "logs of {id}: it has not run yet"
+        )));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "log proxying needs the agent's log server, which is not built yet",
+    ))
+}
+
+async fn get_alloc(master: Arc<Master>, job: String, index: String, attempt: String) -> Answer {
+    let raw = format!("{job}/{index}/{attempt}");
+    let id: AllocId = raw
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("alloc {raw}")))?;
+    let cluster = master.lock().await;
+    let alloc = cluster
+        .allocs
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("alloc {id}")))?;
+    ok(alloc)
+}
+
+async fn list_nodes(master: Arc<Master>) -> Answer {
+    let cluster = master.lock().await;
+    let nodes: Vec<_> = cluster
+        .nodes
+        .values()
+        .map(|n| node_view(&cluster, n))
+        .collect();
+    ok(&nodes)
+}
+
+fn node_id(raw: &str) -> Result<NodeId, ApiError> {
+    NodeId::new(raw).map_err(|_| ApiError::not_found(format!("node {raw:?}")))
+}
+
+async fn get_node(master: Arc<Master>, id: String) -> Answer {
+    let id = node_id(&id)?;
+    let cluster = master.lock().await;
+    let node = cluster
+        .nodes
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("node {id}")))?;
+    ok(&node_view(&cluster, node))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    enable: bool,
+    #[serde(default)]
+    deadline: Option<String>,
+}
+
+async fn drain(master: Arc<Master>, id: String, req: DrainRequest) -> Answer {
+    let id = node_id(&id)?;
+    let deadline = match req.deadline.as_deref() {
+        None => Duration::from_secs(3600),
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            ApiError::bad_request(format!("deadline: {s:?} is not a duration: {e}"))
+        })?,
+    };
+    match master.set_drain(&id, req.enable, deadline).await? {
+        None => Err(ApiError::not_found(format!("node {id}"))),
+        Some(_) => {
+            let cluster = master.lock().await;
+            let node = cluster
+                .nodes
+                .get(&id)
+                .ok_or_else(|| ApiError::not_found(format!("node {id}")))?;
+            ok(&node_view(&cluster, node))
+        }
+    }
+}
+
+/// Cluster-wide numbers; also what `/metrics` gauges show.
+#[derive(Debug, Serialize)]
+struct ClusterSummary {
+    nodes: BTreeMap<&'static str, u64>,
+    jobs: BTreeMap<&'static str, u64>,
+    tasks: BTreeMap<&'static str, u64>,
+    capacity: Amounts,
+    allocated: Amounts,
+    queue_depth: u64,
+    leader: String,
+    store_backend: &'static str,
+}
+
+fn summarize(master: &Master, c: &Cluster, leader: &str) -> ClusterSummary {
+    let mut s = ClusterSummary {
+        nodes: NodeState::ALL.iter().map(|n| (n.name(), 0)).collect(),
+        jobs: JobState::ALL.iter().map(|j| (j.name(), 0)).collect(),
+        tasks: TaskState::ALL.iter().map(|t| (t.name(), 0)).collect(),
+        capacity: Amounts::default(),
+        allocated: Amounts::default(),
+        queue_depth: c.pending.len() as u64,
+        leader: leader.to_string(),
+        store_backend: master.backend(),
+    };
+    for n in c.nodes.values() {
+        let state = c.node_state(n);
+        *s.nodes.entry(state.name()).or_default() += 1;
+        if state != NodeState::Down {
+            s.capacity.cpu_millis += n.resources.cpu_millis.saturating_sub(n.reserved.cpu_millis);
+            s.capacity.memory_bytes += n
+                .resources
+                .memory_bytes
+                .saturating_sub(n.reserved.memory_bytes);
+            s.capacity.gpus += n.resources.gpus.len() as u64;
+        }
+        for a in c.live_allocs_on(&n.id) {
+            s.allocated.cpu_millis += a.cpu_millis;
+            s.allocated.memory_bytes += a.memory_bytes;
+            s.allocated.gpus += a.gpus.len() as u64;
+        }
+    }
+    for j in c.jobs.values() {
+        *s.jobs.entry(c.job_state(j).name()).or_default() += 1;
+    }
+    for counts in c.counts.values() {
+        for (state, n) in &counts.0 {
+            *s.tasks.entry(state.name()).or_default() += u64::from(*n);
+        }
+    }
+    s
+}
+
+async fn cluster_summary(master: Arc<Master>, leader: Arc<String>) -> Answer {
+    let cluster = master.lock().await;
+    ok(&summarize(&master, &cluster, &leader))
+}
+
+async fn metrics(master: Arc<Master>, leader: Arc<String>) -> Response {
+    let s = {
+        let cluster = master.lock().await;
+        summarize(&master, &cluster, &leader)
+    };
+    let m = &master.metrics;
+    for (state, n) in &s.nodes {
+        m.nodes.with_label_values(&[state]).set(*n as f64);
+    }
+    for (state, n) in &s.jobs {
+        m.jobs.with_label_values(&[state]).set(*n as f64);
+    }
+    for (state, n) in &s.tasks {
+        m.tasks.with_label_values(&[state]).set(*n as f64);
+    }
+    for (g, a) in [(&m.capacity, &s.capacity), (&m.allocated, &s.allocated)] {
+        g.with_label_values(&["cpu"]).set(a.cpu_millis as f64);
+        g.with_label_values(&["memory"]).set(a.memory_bytes as f64);
+        g.with_label_values(&["gpu"]).set(a.gpus as f64);
+    }
+    m.queue_depth.set(s.queue_depth as f64);
+    let mut resp = m.render().into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+async fn register(master: Arc<Master>, req: RegisterRequest) -> Answer {
+    if req.protocol != PROTOCOL_VERSION {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "protocol_mismatch",
+            format!(
+                "agent speaks protocol {}, this master {PROTOCOL_VERSION}",
+                req.protocol
+            ),
+        ));
+    }
+    ok(&master.register(req).await?)
+}
+
+async fn heartbeat(master: Arc<Master>, req: HeartbeatRequest) -> Answer {
+    ok(&master.heartbeat(req).await?)
+}
+
+async fn poll(master: Arc<Master>, req: PollRequest) -> Answer {
+    let (version, allocs) = master.poll(&req.node_id, req.known_version).await;
+    ok(&PollResponse { version, allocs })
+}
+
+// ---- wiring ----
+
+fn answer(a: Answer) -> Response {
+    a.unwrap_or_else(ApiError::into_response)
+}
+
+fn json_body<T: serde::de::DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(limit).and(warp::body::json())
+}
+
+/// Turns warp's own rejections into JSON errors with the right status.
+async fn recover(err: Rejection) -> Result<Response, Infallible> {
+    let e = if err.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if let Some(e) = err.find::<ApiError>() {
+        ApiError {
+            status: e.status,
+            code: e.code,
+            message: e.message.clone(),
+            fields: e.fields.clone(),
+            retry_after: e.retry_after,
+            www_authenticate: e.www_authenticate,
+        }
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        )
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header",
+        )
+    } else if err.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send application/json",
+        )
+    } else if let Some(e) = err.find::<warp::filters::body::BodyDeserializeError>() {
+        ApiError::bad_request(format!("invalid body: {e}"))
+    } else if let Some(e) = err.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad_request(format!("invalid query: {e}"))
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    } else if let Some(e) = err.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(e.to_string())
+    } else {
+        tracing::error!(?err, "unhandled rejection");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    };
+    Ok(e.into_response())
+}
+
+/// A bounded route label for metrics: ids replaced by placeholders.
+pub fn route_label(method: &str, path: &str) -> String {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let pattern = match segs.as_slice() {
+        ["v1", "jobs"] => "/v1/jobs",
+        ["v1", "jobs", "plan"] => "/v1/jobs/plan",
+        ["v1", "jobs", _] => "/v1/jobs/{id}",
+        ["v1", "jobs", _, "tasks"] => "/v1/jobs/{id}/tasks",
+        ["v1", "tasks", _, _] => "/v1/tasks/{id}",
+        ["v1", "tasks", _, _, "logs"] => "/v1/tasks/{id}/logs",
+        ["v1", "allocs", _, _, _] => "/v1/allocs/{id}",
+        ["v1", "nodes"] => "/v1/nodes",
+        ["v1", "nodes", _] => "/v1/nodes/{id}",
+        ["v1", "nodes", _, "drain"] => "/v1/nodes/{id}/drain",
+        ["v1", "cluster"] => "/v1/cluster",
+        ["v1", "status", "leader"] => "/v1/status/leader",
+        ["v1", "agent", "register"] => "/v1/agent/register",
+        ["v1", "agent", "heartbeat"] => "/v1/agent/heartbeat",
+        ["v1", "agent", "poll"] => "/v1/agent/poll",
+        ["metrics"] => "/metrics",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        _ => "other",
+    };
+    format!("{method} {pattern}")
+}
+
+/// Every route, with auth, body limits, JSON errors and request metrics.
+/// `leader` is the address this master advertises.
+pub fn routes(
+    master: Arc<Master>,
+    auth: Arc<Auth>,
+    leader: String,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let leader = Arc::new(leader);
+    let limit = master.settings.max_body_bytes;
+    let m = {
+        let master = Arc::clone(&master);
+        warp::any().map(move || Arc::clone(&master))
+    };
+    let lead = {
+        let leader = Arc::clone(&leader);
+        warp::any().map(move || Arc::clone(&leader))
+    };
+    let allow = move |role: Role| {
+        let auth = Arc::clone(&auth);
+        warp::header::optional::<String>("authorization")
+            .and_then(move |h: Option<String>| {
+                let auth = Arc::clone(&auth);
+                async move {
+                    auth.check(h.as_deref(), role)
+                        .map(|_| ())
+                        .map_err(|e| warp::reject::custom(ApiError::auth(e)))
+                }
+            })
+            .untuple_one()
+    };
+    let body = warp::body::content_length_limit(limit).and(warp::body::bytes());
+    let ctype = warp::header::optional::<String>("content-type");
+
+    let submit = warp::path!("v1" / "jobs")
+        .and(warp::post())
+        .and(allow(Role::Submitter))
+        .and(m.clone())
+        .and(ctype)
+        .and(body)
+        .then(submit)
+        .map(answer)
+        .boxed();
+    let plan = warp::path!("v1" / "jobs" / "plan")
+        .and(warp::post())
+        .and(allow(Role::Submitter))
+        .and(m.clone())
+        .and(ctype)
+        .and(body)
+        .then(plan)
+        .map(answer)
+        .boxed();
+    let list = warp::path!("v1" / "jobs")
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .and(warp::query::<ListJobs>())
+        .then(list_jobs)
+        .map(answer)
+        .boxed();
+    let get = warp::path!("v1" / "jobs" / String)
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .then(|id, m| get_job(m, id))
+        .map(answer)
+        .boxed();
+    let stop = warp::path!("v1" / "jobs" / String)
+        .and(warp::delete())
+        .and(allow(Role::Submitter))
+        .and(m.clone())
+        .and(warp::query::<StopQuery>())
+        .then(|id, m, q| stop_job(m, id, q))
+        .map(answer)
+        .boxed();
+    let tasks = warp::path!("v1" / "jobs" / String / "tasks")
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .then(|id, m| job_tasks(m, id))
+        .map(answer)
+        .boxed();
+    let task = warp::path!("v1" / "tasks" / String / String)
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .then(|j, i, m| get_task(m, j, i))
+        .map(answer)
+        .boxed();
+    let logs = warp::path!("v1" / "tasks" / String / String / "logs")
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .then(|j, i, m| task_logs(m, j, i))
+        .map(answer)
+        .boxed();
+    let alloc = warp::path!("v1" / "allocs" / String / String / String)
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .then(|j, i, a, m| get_alloc(m, j, i, a))
+        .map(answer)
+        .boxed();
+    let nodes = warp::path!("v1" / "nodes")
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .then(list_nodes)
+        .map(answer)
+        .boxed();
+    let node = warp::path!("v1" / "nodes" / String)
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .then(|id, m| get_node(m, id))
+        .map(answer)
+        .boxed();
+    let drain = warp::path!("v1" / "nodes" / String / "drain")
+        .and(warp::post())
+        .and(allow(Role::Admin))
+        .and(m.clone())
+        .and(json_body(limit))
+        .then(|id, m, req| drain(m, id, req))
+        .map(answer)
+        .boxed();
+    let cluster = warp::path!("v1" / "cluster")
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(m.clone())
+        .and(lead.clone())
+        .then(cluster_summary)
+        .map(answer)
+        .boxed();
+    let leader_route = warp::path!("v1" / "status" / "leader")
+        .and(warp::get())
+        .and(allow(Role::Reader))
+        .and(lead.clone())
+        .map(|l: Arc<String>| json_reply(StatusCode::OK, &json!({"leader": *l})))
+        .boxed();
+    // Agents are infrastructure: their token needs the admin role.
+    let reg = warp::path!("v1" / "agent" / "register")
+        .and(warp::post())
+        .and(allow(Role::Admin))
+        .and(m.clone())
+        .and(json_body(limit))
+        .then(register)
+        .map(answer)
+        .boxed();
+    let hb = warp::path!("v1" / "agent" / "heartbeat")
+        .and(warp::post())
+        .and(allow(Role::Admin))
+        .and(m.clone())
+        .and(json_body(limit))
+        .then(heartbeat)
+        .map(answer)
+        .boxed();
+    let pl = warp::path!("v1" / "agent" / "poll")
+        .and(warp::post())
+        .and(allow(Role::Admin))
+        .and(m.clone())
+        .and(json_body(limit))
+        .then(poll)
+        .map(answer)
+        .boxed();
+    let metrics_route = warp::path!("metrics")
+        .and(warp::get())
+        .and(m.clone())
+        .and(lead)
+        .then(metrics)
+        .boxed();
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
+        .boxed();
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"ready": true, "role": "leader"})))
+        .boxed();
+
+    // Boxed one by one: a 19-deep chain of unboxed warp filters takes
+    // rustc many minutes to type-check.
+    let all: Vec<BoxedFilter<(Response,)>> = vec![
+        submit,
+        plan,
+        list,
+        get,
+        stop,
+        tasks,
+        task,
+        logs,
+        alloc,
+        nodes,
+        node,
+        drain,
+        cluster,
+        leader_route,
+        reg,
+        hb,
+        pl,
+        metrics_route,
+        healthz,
+        readyz,
+    ];
+    let api = all
+        .into_iter()
+        .reduce(|a, b| a.or(b).unify().boxed())
+        .expect("the route list is not empty");
+
+    let metrics_master = Arc::clone(&master);
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::any().map(Instant::now))
+        .and(api.recover(recover).unify())
+        .map(
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  started: Instant,
+                  resp: Response| {
+                let route = route_label(method.as_str(), path.as_str());
+                let code = resp.status().as_u16().to_string();
+                let m = &metrics_master.metrics;
+                m.http_requests
+                    .with_label_values(&[route.as_str(), code.as_str()])
+                    .inc();
+                m.http_duration
+                    .with_label_values(&[route.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                resp
+            },
+        )
+}

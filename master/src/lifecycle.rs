@@ -1,0 +1,359 @@
+//! Every task and alloc state transition (DESIGN §3), in one place.
+//!
+//! Functions here stage changes in a [`Txn`]; the caller commits them. Each
+//! transition appends a history entry with a reason and a time. Terminal
+//! alloc states never change; reports about allocs the master no longer
+//! considers live are ignored (fencing by alloc id).
+
+use std::time::Duration;
+
+use drover_api::protocol::AllocUpdate;
+use drover_api::state::Transition;
+use drover_api::{AllocId, AllocState, JobId, JobSpec, JobType, NodeId, TaskId, TaskState};
+
+use crate::model::{AllocRecord, JobRecord, TaskRecord};
+use crate::state::Txn;
+
+/// What submitting a spec did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new job (HTTP 201).
+    Created,
+    /// Same name, same spec, not stopped: nothing changed (HTTP 200).
+    Unchanged,
+    /// Same name, new spec (or a stopped job submitted again): a new version
+    /// whose tasks replace the old ones (HTTP 200).
+    Updated,
+}
+
+fn push<S>(history: &mut Vec<Transition<S>>, state: S, reason: impl Into<String>, now_ms: u64) {
+    history.push(Transition::new(state, reason, now_ms));
+}
+
+fn set_task(t: &mut TaskRecord, state: TaskState, reason: impl Into<String>, now_ms: u64) {
+    t.state = state;
+    push(&mut t.history, state, reason, now_ms);
+}
+
+fn new_task(id: TaskId, job_version: u64, attempts: u32, reason: &str, now_ms: u64) -> TaskRecord {
+    let mut t = TaskRecord {
+        id,
+        state: TaskState::Pending,
+        job_version,
+        attempts,
+        restarts: 0,
+        not_before_ms: 0,
+        history: Vec::new(),
+    };
+    push(&mut t.history, TaskState::Pending, reason, now_ms);
+    t
+}
+
+/// Submits a job spec: creates it, leaves it alone, or makes a new version.
+pub fn submit(txn: &mut Txn<'_>, spec: JobSpec, now_ms: u64) -> Submitted {
+    let id = spec.name.clone();
+    let count = spec.task_count();
+    let Some(existing) = txn.job(&id).cloned() else {
+        let job = JobRecord {
+            id: id.clone(),
+            spec,
+            version: 1,
+            submit_seq: txn.next_seq(),
+            submitted_at_ms: now_ms,
+            stopped: false,
+        };
+        txn.put_job(job);
+        for index in 0..count {
+            txn.put_task(new_task(id.task(index), 1, 0, "submitted", now_ms));
+        }
+        return Submitted::Created;
+    };
+    if existing.spec == spec && !existing.stopped {
+        return Submitted::Unchanged;
+    }
+    let version = existing.version + 1;
+    let reason = format!("job updated to version {version}");
+    // Old attempts end; task ids keep their attempt counters so that alloc
+    // ids are never reused.
+    for task_id in txn.task_ids_of(&id) {
+        end_live_attempt(txn, &task_id, &reason, now_ms);
+        if task_id.index >= count {
+            txn.delete_task(&task_id);
+        }
+    }
+    for index in 0..count {
+        let tid = id.task(index);
+        let attempts = txn.task(&tid).map_or(0, |t| t.attempts);
+        let mut task = new_task(tid.clone(), version, attempts, &reason, now_ms);
+        if let Some(old) = txn.task(&tid) {
+            let mut history = old.history.clone();
+            history.append(&mut task.history);
+            task.history = history;
+        }
+        txn.put_task(task);
+    }
+    let submit_seq = txn.next_seq();
+    txn.put_job(JobRecord {
+        spec,
+        version,
+        submit_seq,
+        submitted_at_ms: now_ms,
+        stopped: false,
+        ..existing
+    });
+    Submitted::Updated
+}
+
+/// Kills the task's live alloc, if any, without touching the task's state.
+fn end_live_attempt(txn: &mut Txn<'_>, task_id: &TaskId, reason: &str, now_ms: u64) -> bool {
+    let Some(alloc_id) = txn.task(task_id).and_then(TaskRecord::latest_alloc) else {
+        return false;
+    };
+    let Some(alloc) = txn.alloc_mut(&alloc_id) else {
+        return false;
+    };
+    if !alloc.is_live() {
+        return false;
+    }
+    alloc.state = AllocState::Killed;
+    push(&mut alloc.history, AllocState::Killed, reason, now_ms);
+    true
+}
+
+/// Places a pending task: a new alloc, attempt `attempts + 1`.
+pub fn place(
+    txn: &mut Txn<'_>,
+    task_id: &TaskId,
+    node: &NodeId,
+    gpus: Vec<u32>,
+    policy: &str,
+    now_ms: u64,
+) -> Option<AllocId> {
+    let job = txn.job(&task_id.job)?.clone();
+    let task = txn.task_mut(task_id)?;
+    if task.state != TaskState::Pending {
+        return None;
+    }
+    task.attempts += 1;
+    let alloc_id = task_id.alloc(task.attempts);
+    let reason = format!("placed on {node} by {policy}");
+    set_task(task, TaskState::Assigned, reason.clone(), now_ms);
+    let mut alloc = AllocRecord {
+        id: alloc_id.clone(),
+        node: node.clone(),
+        state: AllocState::Assigned,
+        cpu_millis: job.spec.resources.cpu.millis(),
+        memory_bytes: job.spec.resources.memory.bytes(),
+        gpus,
+        priority: job.spec.priority,
+        exit_code: None,
+        signal: None,
+        history: Vec::new(),
+    };
+    push(&mut alloc.history, AllocState::Assigned, reason, now_ms);
+    txn.put_alloc(alloc);
+    Some(alloc_id)
+}
+
+/// Why an alloc is being stopped by the master, and what then happens to its task.
+#[derive(Debug, Clone)]
+pub enum KillCause {
+    /// The job was stopped: the task ends as killed.
+    JobStopped,
+    /// Evicted for a higher-priority task: requeued at once, no restart used.
+    Preempted { by: TaskId },
+    /// Its node is draining: requeued at once to run elsewhere.
+    Drained { node: NodeId },
+}
+
+/// Stops a live alloc on the master's initiative.
+pub fn kill(txn: &mut Txn<'_>, alloc_id: &AllocId, cause: KillCause, now_ms: u64) -> bool {
+    let reason = match &cause {
+        KillCause::JobStopped => "job stopped".to_string(),
+        KillCause::Preempted { by } => format!("preempted by {by}"),
+        KillCause::Drained { node } => format!("node {node} draining"),
+    };
+    if !end_live_attempt(txn, &alloc_id.task, &reason, now_ms) {
+        return false;
+    }
+    let Some(task) = txn.task_mut(&alloc_id.task) else {
+        return true;
+    };
+    match cause {
+        KillCause::JobStopped => set_task(task, TaskState::Killed, reason, now_ms),
+        KillCause::Preempted { .. } | KillCause::Drained { .. } => {
+            task.not_before_ms = 0;
+            set_task(task, TaskState::Pending, reason, now_ms);
+        }
+    }
+    true
+}
+
+/// Applies an agent's report about one of its allocs. Returns false when the
+/// report is ignored: unknown alloc, another node's alloc, an alloc already
+/// terminal in the master's books, or a transition that cannot happen.
+pub fn report(txn: &mut Txn<'_>, node: &NodeId, update: &AllocUpdate, now_ms: u64) -> bool {
+    let Some(alloc) = txn.alloc(&update.alloc) else {
+        return false;
+    };
+    if alloc.node != *node || !alloc.state.can_transition_to(update.state) {
+        return false;
+    }
+    let reason = describe_exit(update);
+    let Some(alloc) = txn.alloc_mut(&update.alloc) else {
+        return false;
+    };
+    alloc.state = update.state;
+    alloc.exit_code = update.exit_code.or(alloc.exit_code);
+    alloc.signal = update.signal.or(alloc.signal);
+    push(&mut alloc.history, update.state, reason.clone(), now_ms);
+    let task_id = update.alloc.task.clone();
+    // Only the task's latest attempt moves the task.
+    if txn
+        .task(&task_id)
+        .and_then(TaskRecord::latest_alloc)
+        .as_ref()
+        != Some(&update.alloc)
+    {
+        return true;
+    }
+    if update.state == AllocState::Running {
+        if let Some(task) = txn.task_mut(&task_id) {
+            set_task(task, TaskState::Running, "started", now_ms);
+        }
+    } else {
+        attempt_ended(txn, &task_id, update.state, &reason, now_ms);
+    }
+    true
+}
+
+fn describe_exit(update: &AllocUpdate) -> String {
+    let mut parts = Vec::new();
+    match update.state {
+        AllocState::Running => parts.push("started".to_string()),
+        AllocState::Succeeded => parts.push("exited 0".to_string()),
+        s => parts.push(s.to_string()),
+    }
+    if let Some(code) = update
+        .exit_code
+        .filter(|_| update.state != AllocState::Succeeded)
+    {
+        parts.push(format!("exit code {code}"));
+    }
+    if let Some(sig) = update.signal {
+        parts.push(format!("signal {sig}"));
+    }
+    if let Some(m) = update.message.as_deref().filter(|m| !m.is_empty()) {
+        parts.push(m.chars().take(200).collect());
+    }
+    parts.join(", ")
+}
+
+/// Marks every live alloc of a node lost and requeues their tasks.
+pub fn node_down(txn: &mut Txn<'_>, node: &NodeId, now_ms: u64) {
+    if let Some(n) = txn.node_mut(node) {
+        n.down = true;
+    }
+    let reason = format!("node {node} down");
+    for alloc_id in txn.live_alloc_ids_on(node) {
+        if let Some(a) = txn.alloc_mut(&alloc_id) {
+            a.state = AllocState::Lost;
+            push(&mut a.history, AllocState::Lost, reason.clone(), now_ms);
+        }
+        if txn
+            .task(&alloc_id.task)
+            .and_then(TaskRecord::latest_alloc)
+            .as_ref()
+            == Some(&alloc_id)
+        {
+            attempt_ended(txn, &alloc_id.task, AllocState::Lost, &reason, now_ms);
+        }
+    }
+}
+
+/// Decides what happens to a task whose latest attempt ended: done,
+/// restarted after a delay, or dead (restart policy exhausted).
+fn attempt_ended(txn: &mut Txn<'_>, task_id: &TaskId, how: AllocState, reason: &str, now_ms: u64) {
+    let Some(job) = txn.job(&task_id.job).cloned() else {
+        return;
+    };
+    let Some(task) = txn.task_mut(task_id) else {
+        return;
+    };
+    if job.stopped {
+        set_task(
+            task,
+            TaskState::Killed,
+            format!("{reason}; job stopped"),
+            now_ms,
+        );
+        return;
+    }
+    let restart = &job.spec.restart;
+    let service = job.spec.job_type == JobType::Service;
+    match how {
+        AllocState::Succeeded if !service => {
+            set_task(task, TaskState::Succeeded, reason, now_ms);
+        }
+        AllocState::Killed if !service => {
+            set_task(task, TaskState::Killed, reason, now_ms);
+        }
+        _ if service || task.restarts < restart.attempts => {
+            task.restarts += 1;
+            let delay = restart.delay_for(task.restarts);
+            task.not_before_ms = now_ms.saturating_add(duration_ms(delay));
+            let why = format!(
+                "{reason}; restart {} in {}",
+                task.restarts,
+                humantime::format_duration(delay)
+            );
+            set_task(task, TaskState::Pending, why, now_ms);
+        }
+        _ => {
+            let why = format!("{reason}; no restarts left ({} used)", task.restarts);
+            set_task(task, TaskState::Dead, why, now_ms);
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Stops a job: kills its live allocs and ends its pending tasks.
+pub fn stop(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
+    let Some(job) = txn.job_mut(job_id) else {
+        return false;
+    };
+    job.stopped = true;
+    for task_id in txn.task_ids_of(job_id) {
+        let latest = txn.task(&task_id).and_then(TaskRecord::latest_alloc);
+        if let Some(alloc_id) = latest {
+            if kill(txn, &alloc_id, KillCause::JobStopped, now_ms) {
+                continue;
+            }
+        }
+        if let Some(task) = txn.task_mut(&task_id) {
+            if !task.state.is_terminal() && task.state != TaskState::Failed {
+                set_task(task, TaskState::Killed, "job stopped", now_ms);
+            }
+        }
+    }
+    true
+}
+
+/// Stops a job and forgets it: job, tasks and every alloc record.
+pub fn purge(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
+    if !stop(txn, job_id, now_ms) {
+        return false;
+    }
+    for task_id in txn.task_ids_of(job_id) {
+        let attempts = txn.task(&task_id).map_or(0, |t| t.attempts);
+        for attempt in 1..=attempts {
+            txn.delete_alloc(&task_id.alloc(attempt));
+        }
+        txn.delete_task(&task_id);
+    }
+    txn.delete_job(job_id);
+    true
+}

@@ -1,0 +1,57 @@
+//! Starting and stopping a master: `run(listener, shutdown)` as in
+//! mini-redis, so tests and `drover dev` run the same code as the binary.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::Auth;
+use crate::config::MasterConfig;
+use crate::core::{Master, Settings};
+
+impl Settings {
+    /// The runtime parameters a config file sets.
+    pub fn from_config(c: &MasterConfig) -> Settings {
+        Settings {
+            heartbeat_interval: c.liveness.heartbeat_interval,
+            node_timeout: c.liveness.node_timeout,
+            suspect_after_missed: c.liveness.suspect_after_missed,
+            max_down_per_second: c.liveness.max_down_per_second,
+            default_policy: c.scheduler.default_policy,
+            pass_interval: c.scheduler.pass_interval,
+            poll_timeout: c.api.poll_timeout,
+            max_body_bytes: c.api.max_body.bytes(),
+            ..Settings::default()
+        }
+    }
+}
+
+/// Serves the API on `listener`, and runs the scheduler and liveness loops,
+/// until `shutdown` completes. In-flight requests finish first.
+pub async fn run(
+    master: Arc<Master>,
+    auth: Arc<Auth>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let scheduler = tokio::spawn(Arc::clone(&master).run_scheduler(stop_rx.clone()));
+    let liveness = tokio::spawn(Arc::clone(&master).run_liveness(stop_rx));
+    tracing::info!(%addr, backend = master.backend(), "master listening");
+    let routes = crate::http::routes(Arc::clone(&master), auth, addr);
+    warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    let _ = liveness.await;
+    tracing::info!("master stopped");
+}

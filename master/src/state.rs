@@ -1,0 +1,402 @@
+//! The cluster in memory, and transactions over it.
+//!
+//! Every change goes through a [`Txn`]: an overlay that reads through to the
+//! [`Cluster`] and stages writes. The staged changes become one store
+//! [`Batch`]; only once the store has acknowledged it are they applied to the
+//! `Cluster` ([`Cluster::apply`]). A failed commit leaves memory and store
+//! exactly as they were: bad input or an unavailable store never leaves a
+//! partial write behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use drover_api::{AllocId, JobId, JobState, NodeId, TaskId, TaskState};
+
+use crate::model::{
+    job_state, AllocRecord, JobRecord, NodeLive, NodeRecord, NodeState, TaskCounts, TaskRecord,
+};
+use crate::store::{Batch, Snapshot, StoreError};
+
+#[derive(Debug, Default)]
+pub struct Cluster {
+    pub jobs: BTreeMap<JobId, JobRecord>,
+    pub tasks: BTreeMap<TaskId, TaskRecord>,
+    pub allocs: BTreeMap<AllocId, AllocRecord>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Heartbeat-derived node data; not persisted.
+    pub live: BTreeMap<NodeId, NodeLive>,
+    /// Derived indexes, rebuilt on load and kept by `apply`.
+    pub counts: BTreeMap<JobId, TaskCounts>,
+    pub pending: BTreeSet<TaskId>,
+    pub live_allocs_by_node: BTreeMap<NodeId, BTreeSet<AllocId>>,
+    /// Why each pending task is still waiting, from the last pass.
+    pub wait_reasons: BTreeMap<TaskId, String>,
+    pub next_seq: u64,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+}
+
+/// Range over every task id of one job.
+fn job_task_range(job: &JobId) -> (Bound<TaskId>, Bound<TaskId>) {
+    (
+        Bound::Included(job.task(0)),
+        Bound::Included(job.task(u32::MAX)),
+    )
+}
+
+impl Cluster {
+    /// Rebuilds the cluster from everything stored.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Result<Cluster, StoreError> {
+        let mut c = Cluster::default();
+        for (key, value) in snapshot {
+            let (kind, _) = key.split_once('/').unwrap_or((key.as_str(), ""));
+            match kind {
+                "jobs" => {
+                    let j: JobRecord = decode(key, value)?;
+                    c.next_seq = c.next_seq.max(j.submit_seq + 1);
+                    c.jobs.insert(j.id.clone(), j);
+                }
+                "tasks" => {
+                    let t: TaskRecord = decode(key, value)?;
+                    c.index_task(None, Some(&t));
+                    c.tasks.insert(t.id.clone(), t);
+                }
+                "allocs" => {
+                    let a: AllocRecord = decode(key, value)?;
+                    c.index_alloc(None, Some(&a));
+                    c.allocs.insert(a.id.clone(), a);
+                }
+                "nodes" => {
+                    let n: NodeRecord = decode(key, value)?;
+                    c.live.insert(n.id.clone(), NodeLive::default());
+                    c.nodes.insert(n.id.clone(), n);
+                }
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    fn index_task(&mut self, old: Option<&TaskRecord>, new: Option<&TaskRecord>) {
+        if let Some(t) = old {
+            if let Some(c) = self.counts.get_mut(&t.id.job) {
+                c.add(t.state, -1);
+            }
+            self.pending.remove(&t.id);
+        }
+        if let Some(t) = new {
+            self.counts
+                .entry(t.id.job.clone())
+                .or_default()
+                .add(t.state, 1);
+            if t.state == TaskState::Pending {
+                self.pending.insert(t.id.clone());
+            } else {
+                self.wait_reasons.remove(&t.id);
+            }
+        }
+    }
+
+    fn index_alloc(&mut self, old: Option<&AllocRecord>, new: Option<&AllocRecord>) {
+        if let Some(a) = old {
+            if let Some(set) = self.live_allocs_by_node.get_mut(&a.node) {
+                set.remove(&a.id);
+            }
+        }
+        if let Some(a) = new.filter(|a| a.is_live()) {
+            self.live_allocs_by_node
+                .entry(a.node.clone())
+                .or_default()
+                .insert(a.id.clone());
+        }
+    }
+
+    /// Applies changes the store has acknowledged.
+    pub fn apply(&mut self, changes: Changes) {
+        for (id, rec) in changes.jobs {
+            match rec {
+                Some(j) => {
+                    self.jobs.insert(id, j);
+                }
+                None => {
+                    self.jobs.remove(&id);
+                    self.counts.remove(&id);
+                }
+            }
+        }
+        for (id, rec) in changes.tasks {
+            let old = self.tasks.remove(&id);
+            self.index_task(old.as_ref(), rec.as_ref());
+            if rec.is_none() {
+                self.wait_reasons.remove(&id);
+            }
+            if let Some(t) = rec {
+                self.tasks.insert(id, t);
+            }
+        }
+        for (id, rec) in changes.allocs {
+            let old = self.allocs.remove(&id);
+            self.index_alloc(old.as_ref(), rec.as_ref());
+            if let Some(a) = rec {
+                self.allocs.insert(id, a);
+            }
+        }
+        for (id, rec) in changes.nodes {
+            match rec {
+                Some(n) => {
+                    self.live.entry(id.clone()).or_default();
+                    self.nodes.insert(id, n);
+                }
+                None => {
+                    self.nodes.remove(&id);
+                    self.live.remove(&id);
+                }
+            }
+        }
+        self.next_seq = self.next_seq.max(changes.next_seq);
+    }
+
+    pub fn job_counts(&self, job: &JobId) -> TaskCounts {
+        self.counts.get(job).cloned().unwrap_or_default()
+    }
+
+    pub fn job_state(&self, job: &JobRecord) -> JobState {
+        job_state(job.stopped, &self.job_counts(&job.id))
+    }
+
+    pub fn tasks_of<'a>(&'a self, job: &JobId) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.tasks.range(job_task_range(job)).map(|(_, t)| t)
+    }
+
+    pub fn node_state(&self, node: &NodeRecord) -> NodeState {
+        if node.down {
+            NodeState::Down
+        } else if self.live.get(&node.id).is_some_and(|l| l.suspect) {
+            NodeState::Suspect
+        } else if node.drain.is_some() {
+            NodeState::Draining
+        } else {
+            NodeState::Ready
+        }
+    }
+
+    /// Live allocs on a node, in id order.
+    pub fn live_allocs_on(&self, node: &NodeId) -> impl Iterator<Item = &AllocRecord> + '_ {
+        self.live_allocs_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.allocs.get(id))
+    }
+}
+
+/// Staged writes: `Some` puts, `None` deletes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub jobs: BTreeMap<JobId, Option<JobRecord>>,
+    pub tasks: BTreeMap<TaskId, Option<TaskRecord>>,
+    pub allocs: BTreeMap<AllocId, Option<AllocRecord>>,
+    pub nodes: BTreeMap<NodeId, Option<NodeRecord>>,
+    pub next_seq: u64,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+            && self.tasks.is_empty()
+            && self.allocs.is_empty()
+            && self.nodes.is_empty()
+    }
+
+    /// The store batch that makes these changes durable.
+    pub fn batch(&self) -> Batch {
+        fn stage<K: std::fmt::Display, V: serde::Serialize>(
+            b: &mut Batch,
+            prefix: &str,
+            map: &BTreeMap<K, Option<V>>,
+        ) {
+            for (id, rec) in map {
+                // The layout of `store::keys`: "<kind>/<id>".
+                let key = format!("{prefix}/{id}");
+                match rec {
+                    Some(v) => b.put_json(key, v),
+                    None => b.delete(key),
+                };
+            }
+        }
+        let mut b = Batch::new();
+        // Parents before children, so that a reader of a prefix-ordered
+        // store never sees a task without its job.
+        stage(&mut b, "jobs", &self.jobs);
+        stage(&mut b, "tasks", &self.tasks);
+        stage(&mut b, "allocs", &self.allocs);
+        stage(&mut b, "nodes", &self.nodes);
+        b
+    }
+
+    /// Nodes whose set of live allocs may have changed (deleted allocs are
+    /// looked up in `base`, the cluster before these changes).
+    pub fn touched_nodes(&self, base: &Cluster) -> BTreeSet<NodeId> {
+        self.allocs
+            .iter()
+            .filter_map(|(id, rec)| match rec {
+                Some(a) => Some(a.node.clone()),
+                None => base.allocs.get(id).map(|a| a.node.clone()),
+            })
+            .chain(self.nodes.keys().cloned())
+            .collect()
+    }
+}
+
+/// An overlay over the cluster: reads see staged writes.
+#[derive(Debug)]
+pub struct Txn<'c> {
+    pub base: &'c Cluster,
+    changes: Changes,
+}
+
+macro_rules! overlay {
+    ($get:ident, $get_mut:ident, $put:ident, $delete:ident, $field:ident, $id:ty, $rec:ty) => {
+        pub fn $get(&self, id: &$id) -> Option<&$rec> {
+            match self.changes.$field.get(id) {
+                Some(staged) => staged.as_ref(),
+                None => self.base.$field.get(id),
+            }
+        }
+
+        /// Stages a copy on first write.
+        pub fn $get_mut(&mut self, id: &$id) -> Option<&mut $rec> {
+            if !self.changes.$field.contains_key(id) {
+                let current = self.base.$field.get(id)?.clone();
+                self.changes.$field.insert(id.clone(), Some(current));
+            }
+            self.changes.$field.get_mut(id).and_then(Option::as_mut)
+        }
+
+        pub fn $put(&mut self, rec: $rec) {
+            self.changes.$field.insert(rec.id.clone(), Some(rec));
+        }
+
+        pub fn $delete(&mut self, id: &$id) {
+            self.changes.$field.insert(id.clone(), None);
+        }
+    };
+}
+
+impl<'c> Txn<'c> {
+    pub fn new(base: &'c Cluster) -> Self {
+        Txn {
+            base,
+            changes: Changes {
+                next_seq: base.next_seq,
+                ..Changes::default()
+            },
+        }
+    }
+
+    overlay!(job, job_mut, put_job, delete_job, jobs, JobId, JobRecord);
+    overlay!(
+        task,
+        task_mut,
+        put_task,
+        delete_task,
+        tasks,
+        TaskId,
+        TaskRecord
+    );
+    overlay!(
+        alloc,
+        alloc_mut,
+        put_alloc,
+        delete_alloc,
+        allocs,
+        AllocId,
+        AllocRecord
+    );
+    overlay!(
+        node,
+        node_mut,
+        put_node,
+        delete_node,
+        nodes,
+        NodeId,
+        NodeRecord
+    );
+
+    pub fn next_seq(&mut self) -> u64 {
+        let seq = self.changes.next_seq;
+        self.changes.next_seq += 1;
+        seq
+    }
+
+    /// Task ids of a job, staged ones included, in index order.
+    pub fn task_ids_of(&self, job: &JobId) -> Vec<TaskId> {
+        let mut ids: BTreeSet<TaskId> = self
+            .base
+            .tasks
+            .range(job_task_range(job))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for (id, rec) in self.changes.tasks.range(job_task_range(job)) {
+            if rec.is_some() {
+                ids.insert(id.clone());
+            } else {
+                ids.remove(id);
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    /// Live allocs on a node, staged changes included.
+    pub fn live_alloc_ids_on(&self, node: &NodeId) -> Vec<AllocId> {
+        let mut ids: BTreeSet<AllocId> = self
+            .base
+            .live_allocs_by_node
+            .get(node)
+            .cloned()
+            .unwrap_or_default();
+        for (id, rec) in &self.changes.allocs {
+            match rec {
+                Some(a) if a.node == *node && a.is_live() => {
+                    ids.insert(id.clone());
+                }
+                _ => {
+                    ids.remove(id);
+                }
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    /// Every live alloc, staged changes included.
+    pub fn live_allocs(&self) -> Vec<&AllocRecord> {
+        let mut out: BTreeMap<&AllocId, &AllocRecord> = self
+            .base
+            .live_allocs_by_node
+            .values()
+            .flatten()
+            .filter_map(|id| self.base.allocs.get(id).map(|a| (id, a)))
+            .collect();
+        for (id, rec) in &self.changes.allocs {
+            match rec {
+                Some(a) if a.is_live() => {
+                    out.insert(id, a);
+                }
+                _ => {
+                    out.remove(id);
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn into_changes(self) -> Changes {
+        self.changes
+    }
+}
