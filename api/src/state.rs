@@ -139,7 +139,8 @@ impl AllocState {
     }
 
     /// Whether an allocation in this state may move to `next`:
-    /// assigned → running | failed | killed | lost;
+    /// assigned → running | succeeded | failed | killed | lost (a task may
+    /// start and end between two agent reports);
     /// running → succeeded | failed | killed | lost; terminal states never
     /// change. Staying in the same state is not a transition (`false`);
     /// callers treat a repeated report as a no-op.
@@ -147,7 +148,7 @@ impl AllocState {
         use AllocState::*;
         matches!(
             (self, next),
-            (Assigned, Running | Failed | Killed | Lost)
+            (Assigned, Running | Succeeded | Failed | Killed | Lost)
                 | (Running, Succeeded | Failed | Killed | Lost)
         )
     }
@@ -262,6 +263,7 @@ mod tests {
         use AllocState::*;
         let allowed = [
             (Assigned, Running),
+            (Assigned, Succeeded),
             (Assigned, Failed),
             (Assigned, Killed),
             (Assigned, Lost),
@@ -285,8 +287,8 @@ mod tests {
             }
         }
         assert!(
-            !Assigned.can_transition_to(Succeeded),
-            "must run to succeed"
+            Assigned.can_transition_to(Succeeded),
+            "a task may start and end between two reports"
         );
     }
 

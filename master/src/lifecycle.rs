@@ -272,7 +272,8 @@ pub fn node_down(txn: &mut Txn<'_>, node: &NodeId, now_ms: u64) {
 }
 
 /// Decides what happens to a task whose latest attempt ended: done,
-/// restarted after a delay, or dead (restart policy exhausted).
+/// restarted after a delay, rescheduled at once (its node was lost), or dead
+/// (restart policy exhausted).
 fn attempt_ended(txn: &mut Txn<'_>, task_id: &TaskId, how: AllocState, reason: &str, now_ms: u64) {
     let Some(job) = txn.job(&task_id.job).cloned() else {
         return;
@@ -297,6 +298,17 @@ fn attempt_ended(txn: &mut Txn<'_>, task_id: &TaskId, how: AllocState, reason: &
         }
         AllocState::Killed if !service => {
             set_task(task, TaskState::Killed, reason, now_ms);
+        }
+        // The node failed, not the task: run it elsewhere at once, without
+        // using a restart (Nomad's reschedule, as opposed to its restart).
+        AllocState::Lost => {
+            task.not_before_ms = 0;
+            set_task(
+                task,
+                TaskState::Pending,
+                format!("{reason}; rescheduling"),
+                now_ms,
+            );
         }
         _ if service || task.restarts < restart.attempts => {
             task.restarts += 1;
@@ -356,4 +368,358 @@ pub fn purge(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
     }
     txn.delete_job(job_id);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodeRecord;
+    use crate::state::Cluster;
+    use drover_api::protocol::NodeResources;
+    use drover_api::JobState;
+
+    const T0: u64 = 1_000_000;
+
+    fn spec(yaml: &str) -> JobSpec {
+        JobSpec::parse_yaml(yaml).unwrap()
+    }
+
+    fn batch(count: u32, attempts: u32) -> JobSpec {
+        spec(&format!(
+            "name: web\ncount: {count}\ncommand: [/bin/true]\nrestart: {{attempts: {attempts}, delay: 1s, backoff: 2.0, max_delay: 3s}}\n"
+        ))
+    }
+
+    /// Runs `f` in a transaction and applies its changes, as a commit would.
+    fn step<R>(c: &mut Cluster, f: impl FnOnce(&mut Txn<'_>) -> R) -> R {
+        let (r, changes) = {
+            let mut txn = Txn::new(c);
+            let r = f(&mut txn);
+            (r, txn.into_changes())
+        };
+        c.apply(changes);
+        r
+    }
+
+    fn node(c: &mut Cluster, id: &str) -> NodeId {
+        let id = NodeId::new(id).unwrap();
+        let rec = NodeRecord {
+            id: id.clone(),
+            hostname: id.to_string(),
+            log_addr: String::new(),
+            resources: NodeResources {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+                gpus: vec![],
+            },
+            reserved: Default::default(),
+            labels: Default::default(),
+            attributes: Default::default(),
+            version: "test".into(),
+            down: false,
+            drain: None,
+            registered_at_ms: T0,
+        };
+        step(c, |t| t.put_node(rec));
+        id
+    }
+
+    fn tid(s: &str) -> TaskId {
+        s.parse().unwrap()
+    }
+
+    fn aid(s: &str) -> AllocId {
+        s.parse().unwrap()
+    }
+
+    fn update(alloc: &str, state: AllocState, exit_code: Option<i32>) -> AllocUpdate {
+        AllocUpdate {
+            alloc: aid(alloc),
+            state,
+            exit_code,
+            signal: None,
+            message: None,
+            at_unix_ms: T0,
+        }
+    }
+
+    fn task_state(c: &Cluster, id: &str) -> TaskState {
+        c.tasks[&tid(id)].state
+    }
+
+    fn job_state(c: &Cluster) -> JobState {
+        c.job_state(&c.jobs[&JobId::new("web").unwrap()])
+    }
+
+    /// A cluster with job `web` (count tasks) and node n1, task web/0 placed.
+    fn placed(count: u32, attempts: u32) -> (Cluster, NodeId) {
+        let mut c = Cluster::default();
+        let n1 = node(&mut c, "n1");
+        step(&mut c, |t| submit(t, batch(count, attempts), T0));
+        step(&mut c, |t| {
+            place(t, &tid("web/0"), &n1, vec![], "least-loaded", T0 + 1)
+        });
+        (c, n1)
+    }
+
+    #[test]
+    fn a_new_job_creates_count_pending_tasks_with_a_submitted_reason() {
+        let mut c = Cluster::default();
+        assert_eq!(
+            step(&mut c, |t| submit(t, batch(3, 1), T0)),
+            Submitted::Created
+        );
+        assert_eq!(c.pending.len(), 3);
+        let t = &c.tasks[&tid("web/2")];
+        assert_eq!(
+            (t.state, t.reason(), t.history[0].at_unix_ms),
+            (TaskState::Pending, "submitted", T0)
+        );
+        assert_eq!(job_state(&c), JobState::Pending);
+    }
+
+    #[test]
+    fn resubmitting_the_same_spec_changes_nothing() {
+        let (mut c, _) = placed(2, 1);
+        let changed = {
+            let mut txn = Txn::new(&c);
+            let out = submit(&mut txn, batch(2, 1), T0 + 5);
+            (out, txn.is_empty())
+        };
+        assert_eq!(changed, (Submitted::Unchanged, true));
+        assert_eq!(
+            step(&mut c, |t| submit(t, batch(2, 1), T0)),
+            Submitted::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_changed_spec_is_a_new_version_that_kills_live_allocs_and_keeps_attempt_numbers() {
+        let (mut c, n1) = placed(3, 1);
+        assert_eq!(
+            step(&mut c, |t| submit(t, batch(2, 5), T0 + 10)),
+            Submitted::Updated
+        );
+        assert_eq!(c.jobs[&JobId::new("web").unwrap()].version, 2);
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Killed);
+        assert!(
+            !c.tasks.contains_key(&tid("web/2")),
+            "the third task is gone"
+        );
+        assert_eq!(task_state(&c, "web/0"), TaskState::Pending);
+        let next = step(&mut c, |t| {
+            place(t, &tid("web/0"), &n1, vec![], "least-loaded", T0 + 11)
+        });
+        assert_eq!(next, Some(aid("web/0/2")), "alloc ids are never reused");
+    }
+
+    #[test]
+    fn a_batch_task_that_exits_zero_succeeds_and_its_job_completes() {
+        let (mut c, n1) = placed(1, 1);
+        assert!(step(&mut c, |t| report(
+            t,
+            &n1,
+            &update("web/0/1", AllocState::Running, None),
+            T0 + 2
+        )));
+        assert_eq!(
+            (task_state(&c, "web/0"), job_state(&c)),
+            (TaskState::Running, JobState::Running)
+        );
+        assert!(step(&mut c, |t| report(
+            t,
+            &n1,
+            &update("web/0/1", AllocState::Succeeded, Some(0)),
+            T0 + 3
+        )));
+        assert_eq!(task_state(&c, "web/0"), TaskState::Succeeded);
+        assert_eq!(job_state(&c), JobState::Complete);
+    }
+
+    #[test]
+    fn failures_restart_with_growing_delay_until_attempts_run_out_then_the_task_is_dead() {
+        let (mut c, n1) = placed(1, 2);
+        let mut expected_delays = vec![1000, 2000];
+        for attempt in 1..=3u32 {
+            if attempt > 1 {
+                step(&mut c, |t| {
+                    place(t, &tid("web/0"), &n1, vec![], "least-loaded", T0)
+                })
+                .unwrap();
+            }
+            let alloc = format!("web/0/{attempt}");
+            step(&mut c, |t| {
+                report(t, &n1, &update(&alloc, AllocState::Failed, Some(1)), T0)
+            });
+            let task = &c.tasks[&tid("web/0")];
+            if attempt <= 2 {
+                assert_eq!(task.state, TaskState::Pending);
+                assert_eq!(task.not_before_ms - T0, expected_delays.remove(0));
+                assert!(task.reason().contains("exit code 1"), "{}", task.reason());
+            } else {
+                assert_eq!(task.state, TaskState::Dead);
+                assert!(
+                    task.reason().contains("no restarts left"),
+                    "{}",
+                    task.reason()
+                );
+            }
+        }
+        assert_eq!(job_state(&c), JobState::Failed);
+    }
+
+    #[test]
+    fn a_service_task_is_restarted_even_after_it_succeeds() {
+        let mut c = Cluster::default();
+        let n1 = node(&mut c, "n1");
+        let svc = spec("name: web\ntype: service\ncommand: [/bin/true]\nrestart: {attempts: 0}\n");
+        step(&mut c, |t| submit(t, svc, T0));
+        step(&mut c, |t| {
+            place(t, &tid("web/0"), &n1, vec![], "least-loaded", T0)
+        });
+        step(&mut c, |t| {
+            report(
+                t,
+                &n1,
+                &update("web/0/1", AllocState::Succeeded, Some(0)),
+                T0,
+            )
+        });
+        assert_eq!(task_state(&c, "web/0"), TaskState::Pending);
+    }
+
+    #[test]
+    fn terminal_allocs_never_change() {
+        let (mut c, n1) = placed(1, 1);
+        step(&mut c, |t| {
+            report(
+                t,
+                &n1,
+                &update("web/0/1", AllocState::Succeeded, Some(0)),
+                T0,
+            )
+        });
+        let applied = step(&mut c, |t| {
+            report(t, &n1, &update("web/0/1", AllocState::Failed, Some(1)), T0)
+        });
+        assert!(!applied);
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Succeeded);
+    }
+
+    #[test]
+    fn reports_about_allocs_of_another_node_or_unknown_allocs_are_ignored() {
+        let (mut c, _) = placed(1, 1);
+        let n2 = node(&mut c, "n2");
+        assert!(!step(&mut c, |t| report(
+            t,
+            &n2,
+            &update("web/0/1", AllocState::Running, None),
+            T0
+        )));
+        assert!(!step(&mut c, |t| report(
+            t,
+            &n2,
+            &update("web/0/9", AllocState::Running, None),
+            T0
+        )));
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Assigned);
+    }
+
+    #[test]
+    fn a_late_report_about_an_old_attempt_does_not_move_the_task() {
+        let (mut c, n1) = placed(1, 1);
+        step(&mut c, |t| node_down(t, &n1, T0));
+        let n2 = node(&mut c, "n2");
+        step(&mut c, |t| {
+            place(t, &tid("web/0"), &n2, vec![], "least-loaded", T0)
+        })
+        .unwrap();
+        // web/0/1 is lost in the books: its success report is ignored.
+        assert!(!step(&mut c, |t| report(
+            t,
+            &n1,
+            &update("web/0/1", AllocState::Succeeded, Some(0)),
+            T0
+        )));
+        assert_eq!(task_state(&c, "web/0"), TaskState::Assigned);
+    }
+
+    #[test]
+    fn a_down_node_loses_its_allocs_and_their_tasks_are_requeued() {
+        let (mut c, n1) = placed(1, 3);
+        step(&mut c, |t| node_down(t, &n1, T0 + 5));
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Lost);
+        let task = &c.tasks[&tid("web/0")];
+        assert_eq!(task.state, TaskState::Pending);
+        assert!(
+            task.reason().starts_with("node n1 down"),
+            "{}",
+            task.reason()
+        );
+        assert_eq!(
+            (task.restarts, task.not_before_ms),
+            (0, 0),
+            "a lost node is not the task's fault"
+        );
+        assert!(c.nodes[&n1].down);
+        assert!(c.live_allocs_on(&n1).next().is_none());
+    }
+
+    #[test]
+    fn preemption_requeues_at_once_without_using_a_restart() {
+        let (mut c, _) = placed(1, 0);
+        let by = tid("urgent/0");
+        assert!(step(&mut c, |t| kill(
+            t,
+            &aid("web/0/1"),
+            KillCause::Preempted { by: by.clone() },
+            T0
+        )));
+        let task = &c.tasks[&tid("web/0")];
+        assert_eq!(
+            (task.state, task.restarts, task.not_before_ms),
+            (TaskState::Pending, 0, 0)
+        );
+        assert_eq!(task.reason(), "preempted by urgent/0");
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Killed);
+    }
+
+    #[test]
+    fn stopping_a_job_kills_its_live_allocs_and_pending_tasks() {
+        let (mut c, _) = placed(2, 1);
+        assert!(step(&mut c, |t| stop(t, &JobId::new("web").unwrap(), T0)));
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Killed);
+        assert_eq!(task_state(&c, "web/0"), TaskState::Killed);
+        assert_eq!(task_state(&c, "web/1"), TaskState::Killed);
+        assert!(c.pending.is_empty());
+        assert_eq!(job_state(&c), JobState::Stopped);
+    }
+
+    #[test]
+    fn purging_forgets_the_job_its_tasks_and_every_alloc() {
+        let (mut c, n1) = placed(2, 1);
+        assert!(step(&mut c, |t| purge(t, &JobId::new("web").unwrap(), T0)));
+        assert!(c.jobs.is_empty() && c.tasks.is_empty() && c.allocs.is_empty());
+        assert!(c.live_allocs_on(&n1).next().is_none());
+        assert!(c.counts.is_empty());
+    }
+
+    #[test]
+    fn every_transition_records_a_reason_and_a_time() {
+        let (mut c, n1) = placed(1, 1);
+        step(&mut c, |t| {
+            report(
+                t,
+                &n1,
+                &update("web/0/1", AllocState::Running, None),
+                T0 + 7,
+            )
+        });
+        for t in &c.tasks[&tid("web/0")].history {
+            assert!(!t.reason.is_empty() && t.at_unix_ms >= T0, "{t:?}");
+        }
+        for t in &c.allocs[&aid("web/0/1")].history {
+            assert!(!t.reason.is_empty() && t.at_unix_ms >= T0, "{t:?}");
+        }
+    }
 }
