@@ -21,6 +21,7 @@ cargo test --workspace --doc --locked
 
 step "benchmarks, once each (smoke: correctness only, no timing)"
 cargo test -p scheduler-policies --bench placement --locked
+cargo test -p drover-master --bench submit --locked
 
 step "tests"
 log="$(mktemp)"

@@ -1,0 +1,138 @@
+//! The real `drover-master` binary: started on loopback with a temp data
+//! dir, it takes the README's example job, and an agent speaking the
+//! protocol receives the assignment; after `kill -9` and a restart the job
+//! is still there. Stopped by its own PID.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+mod support;
+use support::http::http;
+
+/// The job spec from the README (and DESIGN §5).
+const README_JOB: &str = r#"name: render
+type: batch
+priority: 50
+policy: least-loaded
+count: 8
+command: ["/usr/bin/render", "--fast"]
+env: { QUALITY: high }
+resources: { cpu: 500m, memory: 256Mi, gpu: 1 }
+constraints: { labels: { zone: a }, gpu_model: "H100" }
+restart: { attempts: 3, delay: 1s, backoff: 2.0 }
+"#;
+
+struct MasterProcess(Child);
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    // The port is free when we drop the listener; the master binds it right after.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn start(addr: SocketAddr, data_dir: &std::path::Path) -> MasterProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_drover-master"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = MasterProcess(child);
+    // Wait until it answers, for at most 10 s.
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http(addr, "GET", "/healthz", "text/plain", "").await.0 == 200
+        {
+            return proc;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("drover-master did not start on {addr}");
+}
+
+#[tokio::test]
+async fn the_binary_takes_the_readme_job_and_an_agent_receives_it_and_it_survives_kill_9() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let addr = free_port();
+    let mut master = start(addr, dir.path()).await;
+
+    let gpus: Vec<String> = (0..8)
+        .map(|i| {
+            format!(r#"{{"index":{i},"uuid":"GPU-{i}","model":"H100","memory_bytes":85899345920}}"#)
+        })
+        .collect();
+    let register = format!(
+        r#"{{"node_id":"gpu-1","hostname":"gpu-1","log_addr":"127.0.0.1:1","resources":{{"cpu_millis":64000,"memory_bytes":549755813888,"gpus":[{}]}},"labels":{{"zone":"a"}},"version":"test","protocol":1}}"#,
+        gpus.join(",")
+    );
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/agent/register",
+        "application/json",
+        &register,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let poll = tokio::spawn(async move {
+        http(
+            addr,
+            "POST",
+            "/v1/agent/poll",
+            "application/json",
+            r#"{"node_id":"gpu-1","known_version":0}"#,
+        )
+        .await
+    });
+    let (status, body) = http(addr, "POST", "/v1/jobs", "application/yaml", README_JOB).await;
+    assert_eq!(status, 201, "{body}");
+
+    // The first poll may answer before the placement; poll until all 8 arrive.
+    let (mut status, mut body) = poll.await.unwrap();
+    for _ in 0..50 {
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["allocs"].as_array().unwrap().len() == 8 {
+            break;
+        }
+        let next = format!(r#"{{"node_id":"gpu-1","known_version":{}}}"#, v["version"]);
+        (status, body) = http(addr, "POST", "/v1/agent/poll", "application/json", &next).await;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let allocs = v["allocs"].as_array().unwrap();
+    assert_eq!(allocs.len(), 8, "{body}");
+    let mut devices: Vec<String> = allocs
+        .iter()
+        .map(|a| {
+            a["env"]["CUDA_VISIBLE_DEVICES"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    devices.sort();
+    devices.dedup();
+    assert_eq!(devices.len(), 8, "each task gets its own GPU: {devices:?}");
+    assert_eq!(allocs[0]["env"]["QUALITY"], "high");
+
+    // kill -9, restart on the same data dir: the job and its placements remain.
+    master.0.kill().unwrap();
+    master.0.wait().unwrap();
+    let _master = start(addr, dir.path()).await;
+    let (status, body) = http(addr, "GET", "/v1/jobs/render", "text/plain", "").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["tasks"]["assigned"], 8, "{body}");
+}
