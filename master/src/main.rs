@@ -9,7 +9,7 @@ use clap::Parser;
 use drover_api::PolicyKind;
 use drover_master::auth::Auth;
 use drover_master::clock::Clock;
-use drover_master::config::{MasterConfig, Overrides, StoreBackend};
+use drover_master::config::{LogFormat, MasterConfig, Overrides, StoreBackend};
 use drover_master::core::{Master, Settings};
 use drover_master::store::EmbeddedStore;
 
@@ -34,7 +34,7 @@ struct Args {
     default_policy: Option<PolicyKind>,
     /// embedded or etcd.
     #[arg(long)]
-    store: Option<StoreBackend>,
+    store_backend: Option<StoreBackend>,
 }
 
 #[tokio::main]
@@ -49,12 +49,14 @@ async fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         insecure: args.insecure,
         default_policy: args.default_policy,
-        store_backend: args.store,
+        store_backend: args.store_backend,
     });
     config.validate()?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level));
+    match config.log.format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let tokens = config.resolve_tokens()?;
     let auth = Arc::new(Auth::new(tokens));
     let store = match config.store.backend {
