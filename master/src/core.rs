@@ -242,7 +242,10 @@ impl Master {
                     elastic: spec.elastic,
                 });
         }
-        let mut placed = 0usize;
+        // Counted while staging, published only once the commit succeeds.
+        let mut placed_by: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut latencies = Vec::new();
+        let mut preempted = 0u64;
         let mut waits = Vec::new();
         let changes = {
             let mut txn = Txn::new(&cluster);
@@ -258,15 +261,9 @@ impl Master {
                             if lifecycle::place(&mut txn, &task, &node, gpus, kind.name(), now_ms)
                                 .is_some()
                             {
-                                placed += 1;
-                                self.metrics
-                                    .placements
-                                    .with_label_values(&[kind.name()])
-                                    .inc();
+                                *placed_by.entry(kind.name()).or_default() += 1;
                                 let since = pending_since.get(&task).copied().unwrap_or(now_ms);
-                                self.metrics
-                                    .scheduling_latency
-                                    .observe(now_ms.saturating_sub(since) as f64 / 1000.0);
+                                latencies.push(now_ms.saturating_sub(since) as f64 / 1000.0);
                             }
                         }
                         Decision::Preempt { victim, for_task } => {
@@ -276,11 +273,7 @@ impl Master {
                                 KillCause::Preempted { by: for_task },
                                 now_ms,
                             ) {
-                                self.metrics.preemptions.inc();
-                                self.metrics
-                                    .reschedules
-                                    .with_label_values(&["preempted"])
-                                    .inc();
+                                preempted += 1;
                             }
                         }
                         Decision::Wait { task, reason } => waits.push((task, reason)),
@@ -293,6 +286,21 @@ impl Master {
         for (task, reason) in waits {
             cluster.wait_reasons.insert(task, reason);
         }
+        let placed: u64 = placed_by.values().sum();
+        for (policy, n) in placed_by {
+            self.metrics
+                .placements
+                .with_label_values(&[policy])
+                .inc_by(n);
+        }
+        for l in latencies {
+            self.metrics.scheduling_latency.observe(l);
+        }
+        self.metrics.preemptions.inc_by(preempted);
+        self.metrics
+            .reschedules
+            .with_label_values(&["preempted"])
+            .inc_by(preempted);
         let elapsed = started.elapsed();
         self.metrics.pass_duration.observe(elapsed.as_secs_f64());
         if placed > 0 {
@@ -303,7 +311,7 @@ impl Master {
                 "scheduling pass"
             );
         }
-        Ok(placed)
+        Ok(placed as usize)
     }
 
     // ---- agents ----
@@ -469,6 +477,7 @@ impl Master {
         if !cluster.nodes.contains_key(node) {
             return Ok(None);
         }
+        let mut drained = 0u64;
         let changes = {
             let mut txn = Txn::new(&cluster);
             if let Some(n) = txn.node_mut(node) {
@@ -491,16 +500,17 @@ impl Master {
                             KillCause::Drained { node: node.clone() },
                             now_ms,
                         );
-                        self.metrics
-                            .reschedules
-                            .with_label_values(&["drained"])
-                            .inc();
+                        drained += 1;
                     }
                 }
             }
             txn.into_changes()
         };
         self.commit(&mut cluster, changes).await?;
+        self.metrics
+            .reschedules
+            .with_label_values(&["drained"])
+            .inc_by(drained);
         let rec = cluster.nodes.get(node).cloned();
         drop(cluster);
         tracing::info!(node = %node, enable, ?deadline, "drain updated");
@@ -561,15 +571,12 @@ impl Master {
             }
         }
         let down = self.limit_mass_failure(candidates, alive, now);
+        let (mut lost, mut drained) = (0u64, 0u64);
         let changes = {
             let mut txn = Txn::new(&cluster);
             for node in &down {
-                let lost = txn.live_alloc_ids_on(node).len();
+                lost += txn.live_alloc_ids_on(node).len() as u64;
                 lifecycle::node_down(&mut txn, node, now_ms);
-                self.metrics
-                    .reschedules
-                    .with_label_values(&["lost"])
-                    .inc_by(lost as u64);
             }
             let overdue: Vec<NodeId> = cluster
                 .nodes
@@ -585,10 +592,7 @@ impl Master {
                         KillCause::Drained { node: node.clone() },
                         now_ms,
                     );
-                    self.metrics
-                        .reschedules
-                        .with_label_values(&["drained"])
-                        .inc();
+                    drained += 1;
                 }
             }
             txn.into_changes()
@@ -596,6 +600,14 @@ impl Master {
         let changed = !changes.is_empty();
         self.commit(&mut cluster, changes).await?;
         drop(cluster);
+        self.metrics
+            .reschedules
+            .with_label_values(&["lost"])
+            .inc_by(lost);
+        self.metrics
+            .reschedules
+            .with_label_values(&["drained"])
+            .inc_by(drained);
         for node in &down {
             self.metrics.node_failures.inc();
             tracing::warn!(node = %node, timeout = ?self.settings.node_timeout, "node down: no heartbeat");

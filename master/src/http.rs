@@ -768,6 +768,11 @@ pub fn route_label(method: &str, path: &str) -> String {
         ["readyz"] => "/readyz",
         _ => "other",
     };
+    // Methods are bounded too: a client may send any token as a method.
+    let method = match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
+        _ => "OTHER",
+    };
     format!("{method} {pattern}")
 }
 

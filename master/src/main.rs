@@ -52,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
         store_backend: args.store_backend,
     });
     config.validate()?;
-    let logs = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level));
     match config.log.format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -76,9 +77,18 @@ async fn main() -> anyhow::Result<()> {
         Clock::system(),
     )
     .await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    // A deep accept queue: bursts of agents reconnecting after a failover
+    // must not overflow the kernel's default backlog.
+    let socket = match config.listen {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("creating the listening socket")?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
+    let listener = socket.listen(4096)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {

@@ -55,9 +55,14 @@ impl fmt::Display for Misfit {
     }
 }
 
-/// True when GPU `model` satisfies the task's model constraint.
+/// True when GPU `model` satisfies the task's model constraint: the
+/// reported model contains the wanted text, so `H100` matches what NVML
+/// reports, `NVIDIA H100 80GB HBM3`.
 pub fn gpu_model_matches(demand: &Demand, model: &str) -> bool {
-    demand.gpu_model.as_deref().is_none_or(|want| want == model)
+    demand
+        .gpu_model
+        .as_deref()
+        .is_none_or(|want| model.contains(want))
 }
 
 /// Checks what no amount of freed capacity can change: status, labels, GPU
@@ -180,6 +185,20 @@ mod tests {
             static_misfit(&node(NodeStatus::Ready), &demand),
             Some(Misfit::TooSmallCpu)
         );
+    }
+
+    #[test]
+    fn a_gpu_model_constraint_matches_part_of_the_reported_name() {
+        let demand = Demand {
+            gpus: 1,
+            gpu_model: Some("A100".into()),
+            ..Demand::default()
+        };
+        let mut n = node(NodeStatus::Ready);
+        n.gpus[0].model = "NVIDIA A100-SXM4-80GB".into();
+        assert_eq!(static_misfit(&n, &demand), None);
+        n.gpus[0].model = "NVIDIA H100 80GB HBM3".into();
+        assert!(static_misfit(&n, &demand).is_some());
     }
 
     #[test]
