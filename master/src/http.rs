@@ -24,6 +24,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::auth::{Auth, AuthError, Role};
 use crate::core::{CommitError, Master};
 use crate::lifecycle::{self, Submitted};
+use crate::logs::{self, LogError, LogQuery};
 use crate::model::{AllocRecord, JobRecord, NodeRecord, NodeState, TaskCounts, TaskRecord};
 use crate::state::{Cluster, Txn};
 use crate::view::build_view;
@@ -484,23 +485,33 @@ async fn get_task(master: Arc<Master>, job: String, index: String) -> Answer {
     ok(&task_view(&cluster, task))
 }
 
-async fn task_logs(master: Arc<Master>, job: String, index: String) -> Answer {
+async fn task_logs(master: Arc<Master>, job: String, index: String, q: LogQuery) -> Answer {
     let id = task_id(&job, &index)?;
-    let cluster = master.lock().await;
-    let task = cluster
-        .tasks
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("task {id}")))?;
-    if task.attempts == 0 {
-        return Err(ApiError::not_found(format!(
-            "logs of {id}: it has not run yet"
-        )));
-    }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "log proxying needs the agent's log server, which is not built yet",
-    ))
+    let (alloc, log_addr) = {
+        let cluster = master.lock().await;
+        let task = cluster
+            .tasks
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found(format!("task {id}")))?;
+        let alloc = task
+            .latest_alloc()
+            .ok_or_else(|| ApiError::not_found(format!("logs of {id}: it has not run yet")))?;
+        let node = cluster.allocs.get(&alloc).map(|a| a.node.clone());
+        let addr = node
+            .and_then(|n| cluster.nodes.get(&n))
+            .map(|n| n.log_addr.clone())
+            .ok_or_else(|| ApiError::not_found(format!("logs of {id}: its node is gone")))?;
+        (alloc, addr)
+    };
+    logs::proxy(&log_addr, &alloc, &q)
+        .await
+        .map_err(|e| match e {
+            LogError::BadStream(_) => ApiError::bad_request(e.to_string()),
+            LogError::NotFound(_) => ApiError::not_found(format!("logs of {alloc}")),
+            LogError::Unreachable { .. } | LogError::Agent { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "agent_unavailable", e.to_string())
+            }
+        })
 }
 
 async fn get_alloc(master: Arc<Master>, job: String, index: String, attempt: String) -> Answer {
@@ -868,7 +879,8 @@ pub fn routes(
         .and(warp::get())
         .and(allow(Role::Reader))
         .and(m.clone())
-        .then(|j, i, m| task_logs(m, j, i))
+        .and(warp::query::<LogQuery>())
+        .then(|j, i, m, q| task_logs(m, j, i, q))
         .map(answer)
         .boxed();
     let alloc = warp::path!("v1" / "allocs" / String / String / String)

@@ -7,6 +7,7 @@ pub mod config;
 pub mod core;
 pub mod http;
 pub mod lifecycle;
+pub mod logs;
 pub mod metrics;
 pub mod model;
 pub mod server;

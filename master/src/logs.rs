@@ -1,0 +1,113 @@
+//! `GET /v1/tasks/{id}/logs`: proxied from the log server of the agent that
+//! ran the task's latest attempt, streamed through as it arrives (so
+//! `follow=true` keeps flowing).
+//!
+//! The agent side of the contract: `GET http://{log_addr}/v1/allocs/{alloc}/logs
+//! ?stream=stdout|stderr&offset=N&follow=true|false` answers `200` with the
+//! bytes from `offset`, `404` when it has no such alloc.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use drover_api::AllocId;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, BodyStream, Empty};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use warp::Reply;
+
+/// Query of the logs route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(default = "stdout")]
+    pub stream: String,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+fn stdout() -> String {
+    "stdout".to_string()
+}
+
+/// Why logs could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("stream: {0:?} is not stdout or stderr")]
+    BadStream(String),
+    #[error("the agent at {addr} did not answer: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("the agent has no logs for {0}")]
+    NotFound(AllocId),
+    #[error("the agent answered {status} for the logs of {alloc}")]
+    Agent { status: u16, alloc: AllocId },
+}
+
+/// Connects to the agent's log server and returns its answer as a
+/// streaming reply.
+pub async fn proxy(
+    log_addr: &str,
+    alloc: &AllocId,
+    q: &LogQuery,
+) -> Result<warp::reply::Response, LogError> {
+    if q.stream != "stdout" && q.stream != "stderr" {
+        return Err(LogError::BadStream(q.stream.clone()));
+    }
+    let unreachable = |reason: String| LogError::Unreachable {
+        addr: log_addr.to_string(),
+        reason,
+    };
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(log_addr),
+    )
+    .await
+    .map_err(|_| unreachable("connect timed out".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "log proxy connection ended");
+        }
+    });
+    let uri = format!(
+        "/v1/allocs/{alloc}/logs?stream={}&offset={}&follow={}",
+        q.stream, q.offset, q.follow
+    );
+    let req = hyper::Request::get(uri)
+        .header("host", log_addr)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| unreachable(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    match resp.status().as_u16() {
+        200 => {}
+        404 => return Err(LogError::NotFound(alloc.clone())),
+        status => {
+            return Err(LogError::Agent {
+                status,
+                alloc: alloc.clone(),
+            })
+        }
+    }
+    let chunks = BodyStream::new(resp.into_body().map_err(std::io::Error::other)).filter_map(
+        |frame| async move {
+            match frame {
+                Ok(f) => f.into_data().ok().map(Ok),
+                Err(e) => Some(Err(e)),
+            }
+        },
+    );
+    let mut reply = warp::reply::stream(chunks).into_response();
+    reply.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(reply)
+}
