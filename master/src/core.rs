@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::model::{Drain, NodeLive, NodeRecord};
 use crate::state::{Changes, Cluster, Txn};
 use crate::store::{Store, StoreError};
-use crate::view::build_view;
+use crate::view::{build_view, demand_of, task_request};
 
 /// Runtime parameters of the master (from its config file and flags).
 #[derive(Debug, Clone)]
@@ -220,27 +220,15 @@ impl Master {
                 continue;
             }
             let spec = &job.spec;
-            let demand = demands.entry(job.id.clone()).or_insert_with(|| {
-                Arc::new(Demand {
-                    cpu_millis: spec.resources.cpu.millis(),
-                    memory_bytes: spec.resources.memory.bytes(),
-                    gpus: spec.resources.gpu,
-                    gpu_model: spec.constraints.gpu_model.clone(),
-                    labels: spec.constraints.labels.clone(),
-                })
-            });
+            let demand = demands
+                .entry(job.id.clone())
+                .or_insert_with(|| Arc::new(demand_of(spec)));
             let since = task.history.last().map_or(now_ms, |t| t.at_unix_ms);
             pending_since.insert(tid.clone(), since.max(task.not_before_ms));
             groups
                 .entry(spec.effective_policy(default))
                 .or_default()
-                .push(TaskRequest {
-                    task: tid.clone(),
-                    priority: spec.priority,
-                    submit_seq: job.submit_seq,
-                    demand: Arc::clone(demand),
-                    elastic: spec.elastic,
-                });
+                .push(task_request(spec, tid.index, job.submit_seq, demand));
         }
         // Counted while staging, published only once the commit succeeds.
         let mut placed_by: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -489,20 +477,7 @@ impl Master {
             }
             // Services move at once; batch tasks may finish until the deadline.
             if enable {
-                for alloc_id in txn.live_alloc_ids_on(node) {
-                    let service = txn
-                        .job(&alloc_id.task.job)
-                        .is_some_and(|j| j.spec.job_type == drover_api::JobType::Service);
-                    if service || deadline.is_zero() {
-                        lifecycle::kill(
-                            &mut txn,
-                            &alloc_id,
-                            KillCause::Drained { node: node.clone() },
-                            now_ms,
-                        );
-                        drained += 1;
-                    }
-                }
+                drained = lifecycle::drain(&mut txn, node, deadline.is_zero(), now_ms);
             }
             txn.into_changes()
         };
@@ -585,15 +560,7 @@ impl Master {
                 .map(|n| n.id.clone())
                 .collect();
             for node in overdue {
-                for alloc_id in txn.live_alloc_ids_on(&node) {
-                    lifecycle::kill(
-                        &mut txn,
-                        &alloc_id,
-                        KillCause::Drained { node: node.clone() },
-                        now_ms,
-                    );
-                    drained += 1;
-                }
+                drained += lifecycle::drain(&mut txn, &node, true, now_ms);
             }
             txn.into_changes()
         };

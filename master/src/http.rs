@@ -13,7 +13,7 @@ use drover_api::protocol::{
     HeartbeatRequest, PollRequest, PollResponse, RegisterRequest, PROTOCOL_VERSION,
 };
 use drover_api::{AllocId, JobId, JobSpec, JobState, NodeId, SpecError, TaskId, TaskState};
-use scheduler_policies::{registry, Decision, Demand, TaskRequest};
+use scheduler_policies::{registry, Decision, TaskRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use warp::filters::BoxedFilter;
@@ -27,7 +27,7 @@ use crate::lifecycle::{self, Submitted};
 use crate::logs::{self, LogError, LogQuery};
 use crate::model::{AllocRecord, JobRecord, NodeRecord, NodeState, TaskCounts, TaskRecord};
 use crate::state::{Cluster, Txn};
-use crate::view::build_view;
+use crate::view::{build_view, demand_of, task_request};
 
 /// An error answer.
 #[derive(Debug)]
@@ -346,21 +346,10 @@ async fn plan(master: Arc<Master>, content_type: Option<String>, body: Bytes) ->
     let cluster = master.lock().await;
     let txn = Txn::new(&cluster);
     let view = build_view(&txn);
-    let demand = Arc::new(Demand {
-        cpu_millis: spec.resources.cpu.millis(),
-        memory_bytes: spec.resources.memory.bytes(),
-        gpus: spec.resources.gpu,
-        gpu_model: spec.constraints.gpu_model.clone(),
-        labels: spec.constraints.labels.clone(),
-    });
+    let demand = Arc::new(demand_of(&spec));
+    // Queued after everything already waiting, as a real submission would be.
     let queue: Vec<TaskRequest> = (0..spec.task_count())
-        .map(|i| TaskRequest {
-            task: spec.name.task(i),
-            priority: spec.priority,
-            submit_seq: u64::MAX,
-            demand: Arc::clone(&demand),
-            elastic: spec.elastic,
-        })
+        .map(|i| task_request(&spec, i, u64::MAX, &demand))
         .collect();
     let mut policy = registry::build(spec.effective_policy(master.settings.default_policy));
     let mut answer = PlanAnswer {

@@ -189,6 +189,29 @@ pub fn kill(txn: &mut Txn<'_>, alloc_id: &AllocId, cause: KillCause, now_ms: u64
     true
 }
 
+/// Moves work off a draining node: its service allocs, or with `all` every
+/// live alloc (the deadline has come), are killed and their tasks requeued.
+/// Returns how many.
+pub fn drain(txn: &mut Txn<'_>, node: &NodeId, all: bool, now_ms: u64) -> u64 {
+    let mut moved = 0;
+    for alloc_id in txn.live_alloc_ids_on(node) {
+        let service = txn
+            .job(&alloc_id.task.job)
+            .is_some_and(|j| j.spec.job_type == JobType::Service);
+        if (all || service)
+            && kill(
+                txn,
+                &alloc_id,
+                KillCause::Drained { node: node.clone() },
+                now_ms,
+            )
+        {
+            moved += 1;
+        }
+    }
+    moved
+}
+
 /// Applies an agent's report about one of its allocs. Returns false when the
 /// report is ignored: unknown alloc, another node's alloc, an alloc already
 /// terminal in the master's books, or a transition that cannot happen.

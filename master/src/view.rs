@@ -1,6 +1,11 @@
 //! The scheduler's snapshot of the cluster, built from the master's books.
 
-use scheduler_policies::{AllocView, ClusterView, GpuView, NodeStatus, NodeView};
+use std::sync::Arc;
+
+use drover_api::JobSpec;
+use scheduler_policies::{
+    AllocView, ClusterView, Demand, GpuView, NodeStatus, NodeView, TaskRequest,
+};
 
 use crate::state::Txn;
 
@@ -66,4 +71,31 @@ pub fn build_view(txn: &Txn<'_>) -> ClusterView {
         })
         .collect();
     ClusterView::new(nodes, allocs)
+}
+
+/// What each task of a job needs from a node.
+pub fn demand_of(spec: &JobSpec) -> Demand {
+    Demand {
+        cpu_millis: spec.resources.cpu.millis(),
+        memory_bytes: spec.resources.memory.bytes(),
+        gpus: spec.resources.gpu,
+        gpu_model: spec.constraints.gpu_model.clone(),
+        labels: spec.constraints.labels.clone(),
+    }
+}
+
+/// Task `index` of a job, as the policies queue it.
+pub fn task_request(
+    spec: &JobSpec,
+    index: u32,
+    submit_seq: u64,
+    demand: &Arc<Demand>,
+) -> TaskRequest {
+    TaskRequest {
+        task: spec.name.task(index),
+        priority: spec.priority,
+        submit_seq,
+        demand: Arc::clone(demand),
+        elastic: spec.elastic,
+    }
 }

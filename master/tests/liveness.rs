@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_api::protocol::{
-    HeartbeatRequest, NodeResources, NodeUsage, Offer, RegisterRequest, PROTOCOL_VERSION,
-};
+use drover_api::protocol::{HeartbeatRequest, NodeUsage, Offer};
 use drover_api::{AllocId, JobSpec, NodeId, TaskState};
 use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
@@ -18,6 +16,9 @@ use drover_master::model::NodeState;
 use drover_master::state::Txn;
 use drover_master::store::EmbeddedStore;
 use tempfile::TempDir;
+
+mod support;
+use support::register_request;
 
 fn settings() -> Settings {
     Settings {
@@ -41,25 +42,10 @@ fn nid(s: &str) -> NodeId {
 }
 
 async fn register(m: &Master, id: &str, running: Vec<AllocId>) -> Vec<AllocId> {
-    m.register(RegisterRequest {
-        node_id: Some(nid(id)),
-        hostname: id.to_string(),
-        log_addr: "127.0.0.1:1".into(),
-        resources: NodeResources {
-            cpu_millis: 4000,
-            memory_bytes: 8 << 30,
-            gpus: vec![],
-        },
-        reserved: Default::default(),
-        labels: Default::default(),
-        attributes: Default::default(),
-        version: "test".into(),
-        protocol: PROTOCOL_VERSION,
-        running_allocs: running,
-    })
-    .await
-    .unwrap()
-    .kill
+    m.register(register_request(id, "127.0.0.1:1", running))
+        .await
+        .unwrap()
+        .kill
 }
 
 async fn heartbeat(m: &Master, id: &str) {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use drover_api::protocol::{NodeResources, RegisterRequest, PROTOCOL_VERSION};
 use drover_api::JobSpec;
 use drover_master::auth::Auth;
 use drover_master::clock::Clock;
@@ -18,6 +17,9 @@ use drover_master::lifecycle;
 use drover_master::state::Txn;
 use drover_master::store::EmbeddedStore;
 use warp::{Filter, Reply};
+
+mod support;
+use support::register_request;
 
 /// A log server: stdout of `render/0/1` is "line 0\n".."line 9\n"; with
 /// `follow=true` it sends three more lines, one at a time, then ends.
@@ -72,24 +74,9 @@ async fn master_with_node(log_addr: String) -> (Arc<Master>, tempfile::TempDir) 
     let m = Master::open(Settings::default(), Arc::new(store), Clock::system())
         .await
         .unwrap();
-    m.register(RegisterRequest {
-        node_id: Some("n1".parse().unwrap()),
-        hostname: "n1".into(),
-        log_addr,
-        resources: NodeResources {
-            cpu_millis: 4000,
-            memory_bytes: 8 << 30,
-            gpus: vec![],
-        },
-        reserved: Default::default(),
-        labels: Default::default(),
-        attributes: Default::default(),
-        version: "test".into(),
-        protocol: PROTOCOL_VERSION,
-        running_allocs: vec![],
-    })
-    .await
-    .unwrap();
+    m.register(register_request("n1", &log_addr, vec![]))
+        .await
+        .unwrap();
     let spec = JobSpec::parse_yaml("name: render\ncommand: [/bin/true]\n").unwrap();
     {
         let mut c = m.lock().await;

@@ -3,10 +3,9 @@
 //! lowest-priority victims that make room. Equal or higher priority work is
 //! never preempted.
 
-use crate::preempt::{self, Victims};
-use crate::queue::{self, Unplaceable};
+use crate::least_loaded::least_loaded;
+use crate::preempt::Victims;
 use crate::view::{ClusterView, TaskRequest};
-use crate::workspace::Workspace;
 use crate::{Decision, Policy};
 
 #[derive(Debug, Default, Clone)]
@@ -18,25 +17,6 @@ impl Policy for Priority {
     }
 
     fn schedule(&mut self, cluster: &ClusterView, queue: &[TaskRequest]) -> Vec<Decision> {
-        let mut ws = Workspace::new(cluster);
-        let mut unplaceable = Unplaceable::default();
-        for i in queue::order(queue) {
-            let task = &queue[i];
-            if let Some(reason) = unplaceable.get(&task.demand) {
-                ws.wait(&task.task, reason.clone());
-                continue;
-            }
-            if let Some(ni) = ws.least_loaded_fit(&task.demand) {
-                ws.place(ni, task);
-            } else if !preempt::place_by_preempting(&mut ws, task, Victims::AnyLowerPriority) {
-                let reason = unplaceable.remember(
-                    &ws,
-                    &task.demand,
-                    "; preempting lower-priority work would not make room",
-                );
-                ws.wait(&task.task, reason);
-            }
-        }
-        ws.into_decisions()
+        least_loaded(cluster, queue, Some(Victims::AnyLowerPriority))
     }
 }
