@@ -1,0 +1,445 @@
+//! The agent's loop: register, then long-poll for the node's desired allocs
+//! and reconcile the executor with them, and heartbeat at the interval the
+//! master asks for with usage and alloc status changes. When the master is
+//! unreachable the agent keeps its tasks running and retries with jittered
+//! backoff; after `stop_after_disconnect` (off by default) it stops them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drover_api::protocol::{
+    AllocUpdate, Assignment, HeartbeatRequest, NodeResources, NodeUsage, Offer, PollRequest,
+    RegisterRequest, Reserved, PROTOCOL_VERSION,
+};
+use drover_api::{AllocId, AllocState, NodeId};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::client::{ClientError, MasterClient};
+use crate::executor::{Executor, Exited, LaunchSpec};
+use crate::fingerprint::Probe;
+use crate::metrics::AgentMetrics;
+
+/// What the agent loop needs to know, from the config file and fingerprint.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub masters: Vec<String>,
+    pub token: Option<String>,
+    /// Configured id; else the one kept in `data_dir/node-id`; else the
+    /// master picks one at first registration.
+    pub node_id: Option<NodeId>,
+    pub data_dir: PathBuf,
+    pub hostname: String,
+    pub log_addr: String,
+    pub resources: NodeResources,
+    pub reserved: Reserved,
+    pub labels: BTreeMap<String, String>,
+    pub attributes: BTreeMap<String, String>,
+    pub kill_grace: Duration,
+    pub stop_after_disconnect: Option<Duration>,
+    /// How long a long poll may be held (longer than the master's poll timeout).
+    pub poll_wait: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Jittered exponential backoff: 100 ms doubling to 5 s, ±25 %.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    async fn wait(&mut self) {
+        // Jitter from the clock's nanoseconds: enough to de-synchronise a
+        // fleet of agents reconnecting after a master failover.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+        tokio::time::sleep(self.next.mul_f64(factor)).await;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn node_id_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("node-id")
+}
+
+/// The node id kept from an earlier run, if any.
+pub fn stored_node_id(data_dir: &Path) -> Option<NodeId> {
+    std::fs::read_to_string(node_id_file(data_dir))
+        .ok()
+        .and_then(|s| NodeId::new(s.trim()).ok())
+}
+
+fn store_node_id(data_dir: &Path, id: &NodeId) -> std::io::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let tmp = data_dir.join("node-id.tmp");
+    std::fs::write(&tmp, id.as_str())?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, node_id_file(data_dir))
+}
+
+/// State shared by the poll and heartbeat tasks.
+#[derive(Debug, Default)]
+struct Shared {
+    node_id: Option<NodeId>,
+    /// Status changes not yet acknowledged by a heartbeat.
+    updates: Vec<AllocUpdate>,
+    /// Allocs this agent stopped because the master no longer wants them.
+    stopping: BTreeSet<AllocId>,
+    interval: Duration,
+    reregister: bool,
+}
+
+/// The running agent.
+#[derive(Debug)]
+pub struct Agent {
+    settings: AgentSettings,
+    client: MasterClient,
+    executor: Mutex<Executor>,
+    probe: Mutex<Probe>,
+    metrics: AgentMetrics,
+    shared: Mutex<Shared>,
+    last_contact: Mutex<Instant>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Agent {
+    pub fn new(
+        settings: AgentSettings,
+        executor: Executor,
+        probe: Probe,
+        metrics: AgentMetrics,
+    ) -> Arc<Agent> {
+        let client = MasterClient::new(settings.masters.clone(), settings.token.clone());
+        let node_id = settings
+            .node_id
+            .clone()
+            .or_else(|| stored_node_id(&settings.data_dir));
+        Arc::new(Agent {
+            client,
+            executor: Mutex::new(executor),
+            probe: Mutex::new(probe),
+            metrics,
+            shared: Mutex::new(Shared {
+                node_id,
+                interval: Duration::from_secs(1),
+                ..Shared::default()
+            }),
+            last_contact: Mutex::new(Instant::now()),
+            settings,
+        })
+    }
+
+    /// Whether the executor still runs this alloc (log GC keeps its files).
+    pub fn is_running(&self, alloc: &AllocId) -> bool {
+        lock(&self.executor)
+            .running()
+            .iter()
+            .any(|(a, _)| a == alloc)
+    }
+
+    pub fn node_id(&self) -> Option<NodeId> {
+        lock(&self.shared).node_id.clone()
+    }
+
+    fn contact(&self) {
+        *lock(&self.last_contact) = Instant::now();
+    }
+
+    /// Registers, retrying until a master answers or shutdown.
+    async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Option<NodeId> {
+        let mut backoff = Backoff::new();
+        loop {
+            let running: Vec<AllocId> = lock(&self.executor)
+                .running()
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect();
+            let req = RegisterRequest {
+                node_id: self.node_id(),
+                hostname: self.settings.hostname.clone(),
+                log_addr: self.settings.log_addr.clone(),
+                resources: self.settings.resources.clone(),
+                reserved: self.settings.reserved,
+                labels: self.settings.labels.clone(),
+                attributes: self.settings.attributes.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol: PROTOCOL_VERSION,
+                running_allocs: running,
+            };
+            match self.client.register(&req).await {
+                Ok(resp) => {
+                    self.contact();
+                    if let Err(e) = store_node_id(&self.settings.data_dir, &resp.node_id) {
+                        tracing::warn!(error = %e, "could not keep the node id in the data dir");
+                    }
+                    {
+                        let mut s = lock(&self.shared);
+                        s.node_id = Some(resp.node_id.clone());
+                        s.interval = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+                        s.reregister = false;
+                    }
+                    for alloc in resp.kill {
+                        self.stop(&alloc);
+                    }
+                    tracing::info!(node = %resp.node_id, master = self.client.current_addr(), "registered");
+                    return Some(resp.node_id);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registration failed; retrying");
+                    self.maybe_stop_all();
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = shutdown.changed() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&self, alloc: &AllocId) {
+        lock(&self.shared).stopping.insert(alloc.clone());
+        if let Err(e) = lock(&self.executor).stop(alloc, Some(self.settings.kill_grace)) {
+            tracing::warn!(alloc = %alloc, error = %e, "could not stop alloc");
+        }
+    }
+
+    /// Makes the executor run exactly the desired allocs.
+    pub fn reconcile(&self, desired: &[Assignment]) {
+        let wanted: BTreeSet<&AllocId> = desired.iter().map(|a| &a.alloc).collect();
+        for a in desired {
+            let spec = LaunchSpec {
+                alloc: a.alloc.clone(),
+                command: a.command.clone(),
+                env: a.env.clone(),
+                shard_count: a.env.get("DROVER_SHARD_COUNT").and_then(|n| n.parse().ok()),
+                cpu_millis: a.cpu_millis,
+                memory_bytes: a.memory_bytes,
+                gpus: a.gpus.clone(),
+            };
+            let result = lock(&self.executor).launch(spec);
+            match result {
+                Ok(launch) if launch.started => {
+                    tracing::info!(alloc = %a.alloc, shim_pid = ?launch.shim_pid, "task started");
+                    self.push(a.alloc.clone(), AllocState::Running, None, None, None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(alloc = %a.alloc, error = %e, "task could not start");
+                    self.push(
+                        a.alloc.clone(),
+                        AllocState::Failed,
+                        None,
+                        None,
+                        Some(e.to_string()),
+                    );
+                }
+            }
+        }
+        let running = lock(&self.executor).running();
+        for (alloc, _) in running {
+            if !wanted.contains(&alloc) && !lock(&self.shared).stopping.contains(&alloc) {
+                tracing::info!(alloc = %alloc, "no longer wanted here; stopping");
+                self.stop(&alloc);
+            }
+        }
+    }
+
+    fn push(
+        &self,
+        alloc: AllocId,
+        state: AllocState,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        message: Option<String>,
+    ) {
+        lock(&self.shared).updates.push(AllocUpdate {
+            alloc,
+            state,
+            exit_code,
+            signal,
+            message,
+            at_unix_ms: now_ms(),
+        });
+    }
+
+    /// Status changes not yet acknowledged by the master.
+    pub fn pending_updates(&self) -> Vec<AllocUpdate> {
+        lock(&self.shared).updates.clone()
+    }
+
+    /// Turns finished processes into status updates.
+    pub fn collect_exits(&self) {
+        let exited: Vec<Exited> = lock(&self.executor).poll();
+        for e in exited {
+            let stopped = lock(&self.shared).stopping.remove(&e.alloc);
+            let state = if stopped {
+                AllocState::Killed
+            } else if e.exit_code == Some(0) && e.signal.is_none() {
+                AllocState::Succeeded
+            } else {
+                AllocState::Failed
+            };
+            tracing::info!(alloc = %e.alloc, ?state, exit_code = ?e.exit_code, signal = ?e.signal, "task ended");
+            self.metrics.remove_alloc(&e.alloc);
+            self.push(e.alloc, state, e.exit_code, e.signal, Some(e.message));
+        }
+    }
+
+    /// With `stop_after_disconnect` set, stops every task once the masters
+    /// have been unreachable that long.
+    fn maybe_stop_all(&self) {
+        let Some(limit) = self.settings.stop_after_disconnect else {
+            return;
+        };
+        if lock(&self.last_contact).elapsed() < limit {
+            return;
+        }
+        let running = lock(&self.executor).running();
+        for (alloc, _) in running {
+            if !lock(&self.shared).stopping.contains(&alloc) {
+                tracing::warn!(alloc = %alloc, ?limit, "masters unreachable too long; stopping task");
+                self.stop(&alloc);
+            }
+        }
+    }
+
+    async fn heartbeat_once(&self) -> Result<(), ClientError> {
+        self.collect_exits();
+        let Some(node_id) = self.node_id() else {
+            return Ok(());
+        };
+        let updates = lock(&self.shared).updates.clone();
+        let usage = self.measure();
+        let r = &self.settings.resources;
+        let req = HeartbeatRequest {
+            node_id,
+            offer: Offer {
+                cpu_millis: r.cpu_millis.saturating_sub(usage.cpu_millis),
+                memory_bytes: r.memory_bytes.saturating_sub(usage.memory_bytes),
+                free_gpus: vec![],
+            },
+            usage,
+            updates,
+        };
+        let sent = req.updates.len();
+        let resp = self.client.heartbeat(&req).await?;
+        self.contact();
+        let mut s = lock(&self.shared);
+        let acked = sent.min(s.updates.len());
+        s.updates.drain(..acked);
+        s.interval = Duration::from_millis(resp.heartbeat_interval_ms.max(50));
+        s.reregister |= resp.reregister;
+        Ok(())
+    }
+
+    /// Node and per-alloc usage (each alloc measured from its shim down),
+    /// also published as agent metrics.
+    fn measure(&self) -> NodeUsage {
+        let running = lock(&self.executor).running();
+        let pids: BTreeMap<AllocId, Vec<u32>> = running
+            .iter()
+            .map(|(a, pid)| (a.clone(), vec![*pid]))
+            .collect();
+        let mut probe = lock(&self.probe);
+        let usage = probe.usage(&pids);
+        for (alloc, u) in probe.alloc_usage(&pids) {
+            self.metrics
+                .observe_alloc(&alloc, u.cpu_time.as_secs_f64(), u.rss_bytes);
+        }
+        for (index, ratio) in probe.gpu_utilization() {
+            self.metrics.set_gpu_utilization(index, ratio);
+        }
+        self.metrics
+            .set_alloc_states([(AllocState::Running, running.len())]);
+        usage
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let interval = lock(&self.shared).interval;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.heartbeat_once().await {
+                tracing::warn!(error = %e, "heartbeat failed; tasks keep running");
+                self.maybe_stop_all();
+            }
+            if lock(&self.shared).reregister {
+                tracing::info!("master asked this agent to register again");
+                self.register(&mut shutdown).await;
+            }
+        }
+    }
+
+    async fn poll_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut known = 0u64;
+        let mut backoff = Backoff::new();
+        loop {
+            let Some(node_id) = self.node_id() else {
+                return;
+            };
+            let req = PollRequest {
+                node_id,
+                known_version: known,
+            };
+            let result = tokio::select! {
+                r = self.client.poll(&req, self.settings.poll_wait) => r,
+                _ = shutdown.changed() => return,
+            };
+            match result {
+                Ok(resp) => {
+                    backoff.reset();
+                    self.contact();
+                    known = resp.version;
+                    self.reconcile(&resp.allocs);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "assignment poll failed; retrying");
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registers, then polls and heartbeats until `shutdown` turns true.
+    /// Tasks keep running after the agent stops (they are supervised by
+    /// their shims); a restarted agent re-attaches to them.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.register(&mut shutdown).await.is_none() {
+            return;
+        }
+        let polls = tokio::spawn(Arc::clone(&self).poll_loop(shutdown.clone()));
+        let beats = tokio::spawn(Arc::clone(&self).heartbeat_loop(shutdown.clone()));
+        let _ = polls.await;
+        let _ = beats.await;
+        // Report what ended during shutdown, best effort.
+        let _ = self.heartbeat_once().await;
+    }
+}

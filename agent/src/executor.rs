@@ -1,0 +1,753 @@
+//! The task executor: launches each alloc under a [shim](crate::shim),
+//! stops it, notices its exit, and keeps its records in
+//! [local state](crate::local_state) so that an agent restart re-attaches to
+//! running tasks and reports every exit exactly once.
+//!
+//! The API is synchronous and cheap except `launch` (fork/exec plus a few
+//! fsyncs); from tokio, call it through `spawn_blocking`.
+//!
+//! - [`Executor::launch`] is idempotent on the alloc id: a known alloc
+//!   (running or exited, in memory or only on disk) is never started again.
+//! - [`Executor::stop`] sends SIGTERM to the task's process group (through
+//!   the shim) and records a deadline; [`Executor::poll`] sends SIGKILL once
+//!   it has passed.
+//! - [`Executor::poll`] returns each finished alloc once, across restarts.
+//!
+//! Under systemd the agent's unit needs `KillMode=process`, or stopping the
+//! agent kills the shims and their tasks with it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use drover_api::AllocId;
+use nix::sys::signal::{kill, SigmaskHow, Signal};
+use nix::unistd::{Pid, Uid, User};
+
+use crate::local_state::{
+    alloc_dir, proc_stat, read_exit, record_from_dir, shim_alive, write_atomic, AllocRecord,
+    AllocStatus, ExitRecord, LoadOutcome, LocalState, ShimIdentity, StateError, ALLOCS_DIR,
+    LAUNCH_FILE, REPORTED_FILE, SHIM_FILE, SHIM_LOG, STDERR_LOG, STDOUT_LOG, WORK_DIR,
+};
+use crate::shim::{self, CgroupPlan, ChildSetup, ShimPlan, TaskIds, SHIM_ARG};
+
+/// Default cgroup mount point.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The directory, under each hierarchy, that holds the allocs' cgroups.
+pub const CGROUP_PARENT: &str = "drover";
+
+/// How the executor runs tasks.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    /// Alloc directories and `state.json` live here.
+    pub data_dir: PathBuf,
+    /// The binary started as `<shim_program> __shim <alloc-dir>`: the agent itself.
+    pub shim_program: PathBuf,
+    /// The user tasks run as. `None`: the agent's own user.
+    pub user: Option<String>,
+    /// Allow tasks to run as uid 0.
+    pub allow_root: bool,
+    /// The grace period of [`Executor::stop`] when none is given.
+    pub kill_grace: Duration,
+    /// Where cgroups are mounted; `None` disables resource limits.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl ExecConfig {
+    /// Defaults: this binary as the shim, the agent's own user, root refused,
+    /// 10 s grace, cgroups under `/sys/fs/cgroup`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ExecConfig {
+            data_dir: data_dir.into(),
+            shim_program: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            user: None,
+            allow_root: false,
+            kill_grace: Duration::from_secs(10),
+            cgroup_root: Some(PathBuf::from(DEFAULT_CGROUP_ROOT)),
+        }
+    }
+}
+
+/// What to run for one alloc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub alloc: AllocId,
+    /// Program and arguments; the program is looked up in the task's `PATH`.
+    pub command: Vec<String>,
+    /// The job's environment; `DROVER_*` and `CUDA_VISIBLE_DEVICES` are set
+    /// by the executor (see `drover_api::protocol::task_env`).
+    pub env: BTreeMap<String, String>,
+    /// For elastic-sharding jobs: the number of shards (`DROVER_SHARD_COUNT`).
+    pub shard_count: Option<u32>,
+    /// CPU limit in millicores; 0: none.
+    pub cpu_millis: u64,
+    /// Memory limit in bytes; 0: none.
+    pub memory_bytes: u64,
+    /// GPU indexes assigned (`CUDA_VISIBLE_DEVICES`).
+    pub gpus: Vec<u32>,
+}
+
+/// The result of [`Executor::launch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub alloc: AllocId,
+    /// The shim's pid, which is also its process group and session id.
+    /// `None` for an alloc whose shim was never recorded.
+    pub shim_pid: Option<u32>,
+    /// `false`: the alloc was already known and nothing was started.
+    pub started: bool,
+    /// The alloc has already exited (only when `started` is false).
+    pub exited: bool,
+    /// The alloc's directory (logs, `work/`).
+    pub dir: PathBuf,
+}
+
+/// An alloc whose task has ended, as [`Executor::poll`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    pub alloc: AllocId,
+    /// The exit status, when the task exited by itself.
+    pub exit_code: Option<i32>,
+    /// The signal number, when a signal killed it.
+    pub signal: Option<i32>,
+    /// The cgroup's OOM killer killed one of its processes.
+    pub oom_killed: bool,
+    pub finished_at_unix_ms: u64,
+    /// For people: "exited with status 3", "killed by SIGKILL (out of memory…)".
+    pub message: String,
+}
+
+impl Exited {
+    /// The task exited with status 0.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// Which resource limits this node enforces (for the node's attributes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limits {
+    /// Unified hierarchy; allocs under `<parent>/<alloc>`.
+    CgroupV2 { parent: PathBuf },
+    /// Legacy hierarchies; allocs under `<memory>/<alloc>`, `<cpu>/<alloc>`.
+    CgroupV1 {
+        memory: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+    },
+    /// No cgroup is writable: tasks run without limits.
+    None,
+}
+
+impl Limits {
+    /// `cgroup-v2`, `cgroup-v1` or `none`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Limits::CgroupV2 { .. } => "cgroup-v2",
+            Limits::CgroupV1 { .. } => "cgroup-v1",
+            Limits::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Limits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an executor operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("refusing to run tasks as root ({0}); set a task user, or allow_root: true")]
+    RootRefused(String),
+    #[error("task user {0:?} does not exist")]
+    UnknownUser(String),
+    #[error("cannot run tasks as {user:?}: {reason}")]
+    CannotSwitchUser { user: String, reason: String },
+    #[error("invalid launch spec for {alloc}: {reason}")]
+    InvalidSpec { alloc: AllocId, reason: String },
+    #[error("unknown alloc {0}")]
+    UnknownAlloc(AllocId),
+    #[error("alloc {0} is still running")]
+    StillRunning(AllocId),
+    #[error("cannot start the shim {program} for {alloc}: {source}")]
+    Spawn {
+        alloc: AllocId,
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ExecError + 'a {
+    move |source| ExecError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What is only known while this executor lives.
+#[derive(Debug, Default)]
+struct Live {
+    /// The shim, when this executor started it (to reap it).
+    child: Option<Child>,
+    /// When SIGKILL is due, after a stop.
+    kill_at: Option<Instant>,
+    killed: bool,
+}
+
+/// Launches, stops and watches allocs. See the module doc.
+#[derive(Debug)]
+pub struct Executor {
+    cfg: ExecConfig,
+    ids: Option<TaskIds>,
+    limits: Limits,
+    state: LocalState,
+    live: HashMap<AllocId, Live>,
+    load_outcome: LoadOutcome,
+}
+
+impl Executor {
+    /// Checks the task user, finds the usable cgroups, loads the records,
+    /// re-attaches to live shims and picks up exits that happened meanwhile.
+    pub fn open(cfg: ExecConfig) -> Result<Self, ExecError> {
+        let ids = resolve_user(cfg.user.as_deref(), cfg.allow_root)?;
+        let allocs = cfg.data_dir.join(ALLOCS_DIR);
+        fs::create_dir_all(&allocs).map_err(io_err("cannot create", &allocs))?;
+        let limits = match &cfg.cgroup_root {
+            Some(root) => detect_limits(root),
+            None => Limits::None,
+        };
+        let (mut state, load_outcome) = LocalState::load(&cfg.data_dir)?;
+        if let LoadOutcome::Recovered { reason } = &load_outcome {
+            tracing::warn!(%reason, "executor state rebuilt from the alloc directories");
+        }
+        let data_dir = cfg.data_dir.clone();
+        for rec in state.records_mut() {
+            if rec.status != AllocStatus::Running {
+                continue;
+            }
+            let dir = alloc_dir(&data_dir, &rec.alloc);
+            // Liveness before exit.json: the shim writes it before exiting.
+            let alive = rec.shim.as_ref().map(shim_alive);
+            if let Some(exit) = read_exit(&dir) {
+                rec.status = AllocStatus::Exited { exit };
+                continue;
+            }
+            match alive {
+                Some(true) => {}
+                Some(false) => {
+                    rec.status = AllocStatus::Exited {
+                        exit: ExitRecord::failed(
+                            "the shim died without recording the exit (found at agent start)",
+                        ),
+                    }
+                }
+                None => {
+                    // The launch was cut short between starting the shim and
+                    // recording it: look for it, so it is neither lost nor rerun.
+                    rec.shim = find_shim_by_cmdline(&dir);
+                    if let Some(id) = rec.shim {
+                        let _ = write_json(&dir.join(SHIM_FILE), &id);
+                    } else {
+                        rec.status = AllocStatus::Exited {
+                            exit: read_exit(&dir).unwrap_or_else(|| {
+                                ExitRecord::failed(
+                                    "the agent stopped while launching this alloc; it was not run",
+                                )
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+        state.save()?;
+        Ok(Executor {
+            cfg,
+            ids,
+            limits,
+            state,
+            live: HashMap::new(),
+            load_outcome,
+        })
+    }
+
+    /// The resource limits this node enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// How the records were loaded by `open`.
+    pub fn load_outcome(&self) -> &LoadOutcome {
+        &self.load_outcome
+    }
+
+    /// Where an alloc's files live.
+    pub fn alloc_dir(&self, alloc: &AllocId) -> PathBuf {
+        alloc_dir(&self.cfg.data_dir, alloc)
+    }
+
+    /// Starts the alloc under a new shim, or returns what is known of it.
+    /// If the shim cannot be started the alloc is recorded as failed (and
+    /// reported by `poll`) and an error is returned; it is not retried.
+    pub fn launch(&mut self, spec: LaunchSpec) -> Result<Launch, ExecError> {
+        if let Some(rec) = self.state.get(&spec.alloc) {
+            return Ok(self.existing(rec));
+        }
+        validate(&spec)?;
+        let dir = self.alloc_dir(&spec.alloc);
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        // Creating the directory claims the alloc: it is never run twice.
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let rec = record_from_dir(&dir, spec.alloc.clone());
+                let launch = self.existing(&rec);
+                self.state.insert(rec);
+                self.state.save()?;
+                return Ok(launch);
+            }
+            Err(e) => return Err(io_err("cannot create", &dir)(e)),
+        }
+        match self.start_shim(&spec, &dir) {
+            Ok(id) => {
+                self.state.insert(AllocRecord {
+                    alloc: spec.alloc.clone(),
+                    shim: Some(id),
+                    status: AllocStatus::Running,
+                    reported: false,
+                });
+                self.state.save()?;
+                Ok(Launch {
+                    alloc: spec.alloc,
+                    shim_pid: u32::try_from(id.pid).ok(),
+                    started: true,
+                    exited: false,
+                    dir,
+                })
+            }
+            Err(err) => {
+                self.state.insert(AllocRecord {
+                    alloc: spec.alloc.clone(),
+                    shim: None,
+                    status: AllocStatus::Exited {
+                        exit: ExitRecord::failed(err.to_string()),
+                    },
+                    reported: false,
+                });
+                self.state.save()?;
+                Err(err)
+            }
+        }
+    }
+
+    fn existing(&self, rec: &AllocRecord) -> Launch {
+        Launch {
+            alloc: rec.alloc.clone(),
+            shim_pid: rec.shim.and_then(|s| u32::try_from(s.pid).ok()),
+            started: false,
+            exited: matches!(rec.status, AllocStatus::Exited { .. }),
+            dir: self.alloc_dir(&rec.alloc),
+        }
+    }
+
+    fn start_shim(&mut self, spec: &LaunchSpec, dir: &Path) -> Result<ShimIdentity, ExecError> {
+        let work = dir.join(WORK_DIR);
+        fs::create_dir(&work).map_err(io_err("cannot create", &work))?;
+        if let Some(ids) = &self.ids {
+            nix::unistd::chown(
+                &work,
+                Some(Uid::from_raw(ids.uid)),
+                Some(nix::unistd::Gid::from_raw(ids.gid)),
+            )
+            .map_err(|e| io_err("cannot chown", &work)(e.into()))?;
+        }
+        for log in [STDOUT_LOG, STDERR_LOG] {
+            let path = dir.join(log);
+            File::create(&path).map_err(io_err("cannot create", &path))?;
+        }
+        let plan = ShimPlan {
+            alloc: spec.alloc.clone(),
+            command: spec.command.clone(),
+            env: drover_api::protocol::task_env(
+                &spec.alloc,
+                spec.shard_count,
+                &spec.gpus,
+                &spec.env,
+            ),
+            ids: self.ids.clone(),
+            cgroup: self.cgroup_plan(spec),
+        };
+        let launch_path = dir.join(LAUNCH_FILE);
+        write_json(&launch_path, &plan).map_err(io_err("cannot write", &launch_path))?;
+
+        let log_path = dir.join(SHIM_LOG);
+        let log = File::create(&log_path).map_err(io_err("cannot create", &log_path))?;
+        let log2 = log.try_clone().map_err(io_err("cannot open", &log_path))?;
+        let mut cmd = Command::new(&self.cfg.shim_program);
+        cmd.arg(SHIM_ARG)
+            .arg(dir)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        shim::set_child_setup(
+            &mut cmd,
+            ChildSetup {
+                setsid: true,
+                mask: Some((SigmaskHow::SIG_BLOCK, shim::forwarded_signals())),
+                cgroup_procs: Vec::new(),
+                ids: None,
+                no_new_privs: false,
+            },
+        );
+        let child = cmd.spawn().map_err(|source| ExecError::Spawn {
+            alloc: spec.alloc.clone(),
+            program: self.cfg.shim_program.clone(),
+            source,
+        })?;
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        // Until reaped (below, in poll) the shim is at worst a zombie, so its
+        // stat is readable here.
+        let start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+        let id = ShimIdentity { pid, start_time };
+        self.live.entry(spec.alloc.clone()).or_default().child = Some(child);
+        let shim_path = dir.join(SHIM_FILE);
+        write_json(&shim_path, &id).map_err(io_err("cannot write", &shim_path))?;
+        Ok(id)
+    }
+
+    fn cgroup_plan(&self, spec: &LaunchSpec) -> CgroupPlan {
+        // Alloc ids are unique in a cluster, but several agents may share a
+        // machine (tests, `drover dev --agents N`): the data dir tells them apart.
+        let agent = crate::local_state::fnv1a64(self.cfg.data_dir.as_os_str().as_encoded_bytes());
+        let name = format!("{:08x}_{}", agent as u32, cgroup_name(&spec.alloc));
+        match &self.limits {
+            Limits::None => CgroupPlan::None,
+            Limits::CgroupV2 { parent } => CgroupPlan::V2 {
+                dir: parent.join(&name),
+                memory_bytes: spec.memory_bytes,
+                cpu_millis: spec.cpu_millis,
+            },
+            Limits::CgroupV1 { memory, cpu } => CgroupPlan::V1 {
+                memory_dir: memory.as_ref().map(|m| m.join(&name)),
+                cpu_dir: cpu.as_ref().map(|c| c.join(&name)),
+                memory_bytes: spec.memory_bytes,
+                cpu_millis: spec.cpu_millis,
+            },
+        }
+    }
+
+    /// Asks the alloc's task to stop: SIGTERM to its process group now,
+    /// SIGKILL from `poll` once `grace` (default: the config's `kill_grace`)
+    /// has passed. Stopping an exited alloc does nothing.
+    pub fn stop(&mut self, alloc: &AllocId, grace: Option<Duration>) -> Result<(), ExecError> {
+        let rec = self
+            .state
+            .get(alloc)
+            .ok_or_else(|| ExecError::UnknownAlloc(alloc.clone()))?;
+        let (AllocStatus::Running, Some(shim)) = (&rec.status, rec.shim) else {
+            return Ok(());
+        };
+        let grace = grace.unwrap_or(self.cfg.kill_grace);
+        signal_shim(&shim, Signal::SIGTERM);
+        let live = self.live.entry(alloc.clone()).or_default();
+        let at = Instant::now() + grace;
+        live.kill_at = Some(live.kill_at.map_or(at, |old| old.min(at)));
+        if grace.is_zero() && !live.killed {
+            signal_shim(&shim, Signal::SIGUSR1);
+            live.killed = true;
+        }
+        Ok(())
+    }
+
+    /// Enforces stop deadlines and returns the allocs that have ended since
+    /// the last call — each exactly once, also across restarts.
+    pub fn poll(&mut self) -> Vec<Exited> {
+        let now = Instant::now();
+        let data_dir = self.cfg.data_dir.clone();
+        let mut changed = false;
+        let mut out = Vec::new();
+        for rec in self.state.records_mut() {
+            if let (AllocStatus::Running, Some(shim)) = (&rec.status, rec.shim) {
+                let live = self.live.get_mut(&rec.alloc);
+                let alive = match live {
+                    Some(live) => {
+                        if live.kill_at.is_some_and(|t| t <= now) && !live.killed {
+                            signal_shim(&shim, Signal::SIGUSR1);
+                            live.killed = true;
+                        }
+                        match live.child.as_mut().map(Child::try_wait) {
+                            Some(Ok(None)) => true,
+                            Some(Ok(Some(_))) => {
+                                live.child = None;
+                                false
+                            }
+                            Some(Err(_)) | None => shim_alive(&shim),
+                        }
+                    }
+                    None => shim_alive(&shim),
+                };
+                // Read exit.json after the liveness check: the shim writes it
+                // before exiting, so a dead shim without it never wrote it.
+                let dir = alloc_dir(&data_dir, &rec.alloc);
+                match (read_exit(&dir), alive) {
+                    (Some(exit), _) => rec.status = AllocStatus::Exited { exit },
+                    (None, false) => {
+                        let log = fs::read_to_string(dir.join(SHIM_LOG)).unwrap_or_default();
+                        let mut msg = String::from("the shim died without recording the exit");
+                        if !log.trim().is_empty() {
+                            msg.push_str(": ");
+                            msg.push_str(log.trim());
+                        }
+                        rec.status = AllocStatus::Exited {
+                            exit: ExitRecord::failed(msg),
+                        };
+                    }
+                    (None, true) => continue,
+                }
+                changed = true;
+                self.live.remove(&rec.alloc);
+            }
+            if let AllocStatus::Exited { exit } = &rec.status {
+                if !rec.reported {
+                    rec.reported = true;
+                    changed = true;
+                    let dir = alloc_dir(&data_dir, &rec.alloc);
+                    let _ = File::create(dir.join(REPORTED_FILE));
+                    out.push(exited(&rec.alloc, exit));
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = self.state.save() {
+                tracing::error!(error = %e, "cannot save the executor state");
+            }
+        }
+        out
+    }
+
+    /// The allocs whose shims are running, with the shim's pid (= its
+    /// process group id).
+    pub fn running(&self) -> Vec<(AllocId, u32)> {
+        self.state
+            .records()
+            .filter(|r| r.status == AllocStatus::Running)
+            .filter_map(|r| Some((r.alloc.clone(), u32::try_from(r.shim?.pid).ok()?)))
+            .collect()
+    }
+
+    /// Every alloc known, running or not.
+    pub fn known(&self) -> Vec<AllocId> {
+        self.state.records().map(|r| r.alloc.clone()).collect()
+    }
+
+    /// Forgets an ended alloc and deletes its directory (logs included).
+    pub fn forget(&mut self, alloc: &AllocId) -> Result<(), ExecError> {
+        let rec = self
+            .state
+            .get(alloc)
+            .ok_or_else(|| ExecError::UnknownAlloc(alloc.clone()))?;
+        if rec.status == AllocStatus::Running {
+            return Err(ExecError::StillRunning(alloc.clone()));
+        }
+        let dir = self.alloc_dir(alloc);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove", &dir)(e)),
+        }
+        self.state.remove(alloc);
+        self.live.remove(alloc);
+        self.state.save()?;
+        Ok(())
+    }
+}
+
+fn exited(alloc: &AllocId, exit: &ExitRecord) -> Exited {
+    let mut message = match (exit.exit_code, exit.signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        (None, None) => "failed".to_string(),
+    };
+    if let Some(m) = &exit.message {
+        message.push_str(": ");
+        message.push_str(m);
+    }
+    Exited {
+        alloc: alloc.clone(),
+        exit_code: exit.exit_code,
+        signal: exit.signal,
+        oom_killed: exit.oom_killed,
+        finished_at_unix_ms: exit.finished_at_unix_ms,
+        message,
+    }
+}
+
+/// Signals the shim, after checking that its pid still belongs to it.
+fn signal_shim(shim: &ShimIdentity, sig: Signal) {
+    if matches!(proc_stat(shim.pid), Some(s) if s.start_time == shim.start_time) {
+        let _ = kill(Pid::from_raw(shim.pid), sig);
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::from)?;
+    write_atomic(path, &bytes)
+}
+
+fn validate(spec: &LaunchSpec) -> Result<(), ExecError> {
+    let bad = |reason: &str| {
+        Err(ExecError::InvalidSpec {
+            alloc: spec.alloc.clone(),
+            reason: reason.to_string(),
+        })
+    };
+    if spec.command.first().is_none_or(|p| p.is_empty()) {
+        return bad("the command is empty");
+    }
+    if spec.command.iter().any(|a| a.contains('\0')) {
+        return bad("the command contains a NUL byte");
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return bad(&format!("invalid environment variable {k:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// `render/3/1` → `render_3_1` (job names have no `_`, so this is unambiguous).
+pub fn cgroup_name(alloc: &AllocId) -> String {
+    alloc.to_string().replace('/', "_")
+}
+
+/// Who tasks run as. `None`: the agent's own user, no switch.
+fn resolve_user(user: Option<&str>, allow_root: bool) -> Result<Option<TaskIds>, ExecError> {
+    let me = Uid::effective();
+    let Some(name) = user else {
+        if me.is_root() && !allow_root {
+            return Err(ExecError::RootRefused(
+                "no task user is configured and the agent runs as root".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let u = User::from_name(name)
+        .map_err(|e| ExecError::CannotSwitchUser {
+            user: name.to_string(),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(|| ExecError::UnknownUser(name.to_string()))?;
+    if u.uid.is_root() && !allow_root {
+        return Err(ExecError::RootRefused(format!(
+            "task user {name:?} is uid 0"
+        )));
+    }
+    if u.uid == me {
+        return Ok(None);
+    }
+    if !me.is_root() {
+        return Err(ExecError::CannotSwitchUser {
+            user: name.to_string(),
+            reason: format!("the agent runs as uid {me}, not root"),
+        });
+    }
+    let groups = std::ffi::CString::new(name)
+        .ok()
+        .and_then(|c| nix::unistd::getgrouplist(&c, u.gid).ok())
+        .unwrap_or_else(|| vec![u.gid]);
+    Ok(Some(TaskIds {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+    }))
+}
+
+/// Finds the cgroup hierarchy this agent can use, preparing its `drover`
+/// parent: v2 when `<root>/cgroup.controllers` exists and the memory and cpu
+/// controllers can be delegated, else v1 `memory` and/or `cpu`, else none.
+pub fn detect_limits(root: &Path) -> Limits {
+    if root.join("cgroup.controllers").exists() {
+        let parent = root.join(CGROUP_PARENT);
+        let enable = |controller: &str| {
+            fs::write(root.join("cgroup.subtree_control"), controller).is_ok()
+                && fs::write(parent.join("cgroup.subtree_control"), controller).is_ok()
+        };
+        // The memory controller is required; cpu is used when it can be
+        // enabled (it cannot while real-time processes sit outside the root).
+        if fs::create_dir_all(&parent).is_ok() && enable("+memory") {
+            let _ = enable("+cpu");
+            return Limits::CgroupV2 { parent };
+        }
+    }
+    let v1 = |controller: &str, probe: &str| {
+        let base = root.join(controller);
+        if !base.join(probe).exists() {
+            return None;
+        }
+        let parent = base.join(CGROUP_PARENT);
+        fs::create_dir_all(&parent).ok()?;
+        // Writable: the kernel lets us create (and remove) a child cgroup.
+        let test = parent.join(format!(".probe-{}", std::process::id()));
+        fs::create_dir(&test).ok()?;
+        let _ = fs::remove_dir(&test);
+        Some(parent)
+    };
+    let memory = v1("memory", "memory.limit_in_bytes");
+    let cpu = v1("cpu", "cpu.cfs_quota_us");
+    if memory.is_none() && cpu.is_none() {
+        Limits::None
+    } else {
+        Limits::CgroupV1 { memory, cpu }
+    }
+}
+
+/// A running shim for `dir`, found by its command line in `/proc`.
+fn find_shim_by_cmdline(dir: &Path) -> Option<ShimIdentity> {
+    use std::os::unix::ffi::OsStrExt;
+    let want = dir.as_os_str().as_bytes();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&SHIM_ARG.as_bytes()) && args.get(2) == Some(&want) {
+            let stat = proc_stat(pid)?;
+            if stat.state != 'Z' {
+                return Some(ShimIdentity {
+                    pid,
+                    start_time: stat.start_time,
+                });
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,662 @@
+//! Task logs on the agent: where they are, rotation, retention, and the log
+//! server that the master proxies `GET /v1/tasks/{id}/logs` to.
+//!
+//! Layout (the executor writes it; this module only reads, rotates and
+//! removes): `<data_dir>/allocs/<job>/<index>/<attempt>/` holds
+//! `stdout.log` and `stderr.log`, opened by the task with `O_APPEND`, and
+//! `exit.json` once the alloc has finished.
+//!
+//! Rotation is copytruncate: `stdout.log` is copied to `stdout.log.1` (older
+//! copies shift to `.2` … `.<keep>`) and truncated in place, so the task
+//! keeps writing through its `O_APPEND` descriptor. Bytes written in the
+//! instant between the last copy and the truncation are lost; that is the
+//! price of not signalling the task.
+//!
+//! The log server: `GET /v1/allocs/{job}/{index}/{attempt}/logs
+//! ?stream=stdout|stderr&offset=N&follow=true|false` answers `200 text/plain`
+//! with the bytes of the current file from `offset`; with `follow=true` it
+//! keeps sending what is appended (polling every 100 ms) until `exit.json`
+//! appears, then sends the rest and ends. `404` when there is no such alloc
+//! directory, `400` for a bad stream, offset or id. Errors have the REST
+//! API's JSON body `{"error": {"code", "message"}}`. `GET /metrics` renders
+//! the agent's metrics, `GET /healthz` answers `ok`.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use drover_api::{AllocId, JobId};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use warp::http::{HeaderValue, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::LogsConfig;
+use crate::metrics::AgentMetrics;
+
+/// Directory under `data_dir` holding one directory per alloc.
+pub const ALLOCS_DIR: &str = "allocs";
+/// Written by the executor into an alloc's directory when it has finished.
+pub const EXIT_FILE: &str = "exit.json";
+/// How often a followed log is polled for new bytes.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
+/// Largest chunk read and sent at once.
+const CHUNK: usize = 64 << 10;
+
+/// A task's output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Stdout, Stream::Stderr];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    /// `stdout.log` / `stderr.log`.
+    pub const fn file_name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout.log",
+            Stream::Stderr => "stderr.log",
+        }
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a stream: use stdout or stderr")]
+pub struct UnknownStream(pub String);
+
+impl FromStr for Stream {
+    type Err = UnknownStream;
+    fn from_str(s: &str) -> Result<Self, UnknownStream> {
+        Stream::ALL
+            .into_iter()
+            .find(|st| st.name() == s)
+            .ok_or_else(|| UnknownStream(s.to_string()))
+    }
+}
+
+/// `<data_dir>/allocs/<job>/<index>/<attempt>`.
+pub fn alloc_dir(data_dir: &Path, alloc: &AllocId) -> PathBuf {
+    data_dir
+        .join(ALLOCS_DIR)
+        .join(alloc.task.job.as_str())
+        .join(alloc.task.index.to_string())
+        .join(alloc.attempt.to_string())
+}
+
+/// The current log file of `stream` in an alloc directory.
+pub fn log_path(alloc_dir: &Path, stream: Stream) -> PathBuf {
+    alloc_dir.join(stream.file_name())
+}
+
+/// `stdout.log.<n>`: the `n`th most recent rotated copy.
+pub fn rotated_path(alloc_dir: &Path, stream: Stream, n: u32) -> PathBuf {
+    alloc_dir.join(format!("{}.{n}", stream.file_name()))
+}
+
+/// Whether the alloc has finished (`exit.json` exists).
+pub fn is_finished(alloc_dir: &Path) -> bool {
+    alloc_dir.join(EXIT_FILE).exists()
+}
+
+/// Every alloc directory under `data_dir`, sorted by alloc id. Entries that
+/// are not `<job>/<index>/<attempt>` directories in canonical form are
+/// left alone.
+pub fn alloc_dirs(data_dir: &Path) -> io::Result<Vec<(AllocId, PathBuf)>> {
+    let mut out = Vec::new();
+    for (job, job_dir) in subdirs(&data_dir.join(ALLOCS_DIR))? {
+        if JobId::new(job.as_str()).is_err() {
+            continue;
+        }
+        for (index, index_dir) in subdirs(&job_dir)? {
+            for (attempt, dir) in subdirs(&index_dir)? {
+                let text = format!("{job}/{index}/{attempt}");
+                match text.parse::<AllocId>() {
+                    Ok(id) if id.to_string() == text => out.push((id, dir)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Subdirectories by name; a missing directory has none.
+fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// Rotates each stream of one alloc whose current file has reached
+/// `max_bytes`: `.<keep-1>` → `.<keep>`, …, `.1` → `.2`, the current file
+/// copied to `.1` and truncated in place. Copies beyond `keep` are removed;
+/// with `keep == 0` the file is only truncated. Returns the streams rotated.
+pub fn rotate(alloc_dir: &Path, max_bytes: u64, keep: u32) -> io::Result<Vec<Stream>> {
+    let mut rotated = Vec::new();
+    for stream in Stream::ALL {
+        let path = log_path(alloc_dir, stream);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if len == 0 || len < max_bytes {
+            continue;
+        }
+        rotate_one(alloc_dir, stream, keep)?;
+        rotated.push(stream);
+    }
+    Ok(rotated)
+}
+
+fn rotate_one(alloc_dir: &Path, stream: Stream, keep: u32) -> io::Result<()> {
+    // Copies beyond `keep`, left from a larger `keep` (or all, for 0).
+    let mut n = keep.saturating_add(1);
+    loop {
+        match fs::remove_file(rotated_path(alloc_dir, stream, n)) {
+            Ok(()) => n = n.saturating_add(1),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let path = log_path(alloc_dir, stream);
+    if keep > 0 {
+        for i in (1..keep).rev() {
+            match fs::rename(
+                rotated_path(alloc_dir, stream, i),
+                rotated_path(alloc_dir, stream, i + 1),
+            ) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Copy into a temporary name, then rename: a reader never sees a
+        // half-written `.1`.
+        let tmp = alloc_dir.join(format!("{}.rotating", stream.file_name()));
+        let mut src = File::open(&path)?;
+        let mut dst = File::create(&tmp)?;
+        io::copy(&mut src, &mut dst)?;
+        // Catch up with what the task wrote during the copy, then truncate
+        // right away to keep the window for lost bytes small.
+        io::copy(&mut src, &mut dst)?;
+        OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+        dst.flush()?;
+        drop(dst);
+        fs::rename(&tmp, rotated_path(alloc_dir, stream, 1))?;
+    } else {
+        OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+    }
+    Ok(())
+}
+
+/// Rotates the logs of every unfinished alloc under `data_dir` as `cfg`
+/// says. Returns how many files were rotated; an alloc that fails is
+/// logged and skipped.
+pub fn rotate_all(data_dir: &Path, cfg: &LogsConfig) -> io::Result<usize> {
+    let mut count = 0;
+    for (id, dir) in alloc_dirs(data_dir)? {
+        if is_finished(&dir) {
+            continue;
+        }
+        match rotate(&dir, cfg.max_bytes.bytes(), cfg.keep) {
+            Ok(streams) => count += streams.len(),
+            Err(e) => tracing::warn!(alloc = %id, error = %e, "cannot rotate logs"),
+        }
+    }
+    Ok(count)
+}
+
+/// Removes the directories of allocs that are not live (per `is_live`: the
+/// agent is not running them) and in which nothing has changed for
+/// `retention`, then any job or index directories left empty. Returns the
+/// allocs removed. Live allocs are never touched, whatever their age.
+pub fn gc(
+    data_dir: &Path,
+    retention: Duration,
+    is_live: impl Fn(&AllocId) -> bool,
+) -> io::Result<Vec<AllocId>> {
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for (id, dir) in alloc_dirs(data_dir)? {
+        if is_live(&id) {
+            continue;
+        }
+        let newest = match newest_mtime(&dir) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        // A time in the future (clock stepped back) counts as fresh.
+        let age = now.duration_since(newest).unwrap_or(Duration::ZERO);
+        if age < retention {
+            continue;
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => removed.push(id),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // Tidy up: the index and job directories, if now empty.
+        if let Some(index_dir) = dir.parent() {
+            if fs::remove_dir(index_dir).is_ok() {
+                if let Some(job_dir) = index_dir.parent() {
+                    let _ = fs::remove_dir(job_dir);
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The latest modification time of a directory and the files in it.
+fn newest_mtime(dir: &Path) -> io::Result<SystemTime> {
+    let mut newest = fs::metadata(dir)?.modified()?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    Ok(newest)
+}
+
+/// Runs [`rotate_all`] and [`gc`] every `every` until `shutdown` resolves.
+pub async fn maintain(
+    data_dir: PathBuf,
+    cfg: LogsConfig,
+    every: Duration,
+    is_live: impl Fn(&AllocId) -> bool + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let is_live = Arc::new(is_live);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        let (dir, cfg, live) = (data_dir.clone(), cfg.clone(), is_live.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            if let Err(e) = rotate_all(&dir, &cfg) {
+                tracing::warn!(error = %e, "log rotation failed");
+            }
+            match gc(&dir, cfg.retention, |id| live(id)) {
+                Ok(removed) if !removed.is_empty() => {
+                    tracing::info!(count = removed.len(), "removed old alloc directories")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "alloc directory cleanup failed"),
+            }
+        });
+        if let Err(e) = done.await {
+            tracing::warn!(error = %e, "log maintenance task failed");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The log server.
+
+/// What the logs route accepts; unknown parameters are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogQuery {
+    pub stream: Stream,
+    pub offset: u64,
+    pub follow: bool,
+}
+
+impl LogQuery {
+    /// Parses a raw query string such as `stream=stderr&offset=10&follow=true`.
+    pub fn parse(query: &str) -> Result<LogQuery, String> {
+        let mut q = LogQuery {
+            stream: Stream::Stdout,
+            offset: 0,
+            follow: false,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "stream" => q.stream = value.parse().map_err(|e: UnknownStream| e.to_string())?,
+                "offset" => {
+                    q.offset = value.parse().map_err(|_| {
+                        format!("offset: {value:?} is not a byte offset (a whole number ≥ 0)")
+                    })?
+                }
+                "follow" => {
+                    q.follow = match value {
+                        "true" | "1" | "" => true,
+                        "false" | "0" => false,
+                        _ => return Err(format!("follow: {value:?} is not true or false")),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn error_reply(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+) -> warp::reply::Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message.into() } });
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+#[derive(Debug, Clone)]
+struct Ctx {
+    data_dir: Arc<PathBuf>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The log server's routes: logs, `/metrics`, `/healthz`. Follow streams
+/// run until their alloc finishes or the client goes away.
+pub fn log_routes(
+    data_dir: PathBuf,
+    metrics: AgentMetrics,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    // Never signalled (the sender is dropped at once; readers only look at
+    // the value): these routes stop only with their server.
+    let (_, rx) = watch::channel(false);
+    routes(data_dir, metrics, rx)
+}
+
+fn routes(
+    data_dir: PathBuf,
+    metrics: AgentMetrics,
+    stop: watch::Receiver<bool>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
+{
+    let ctx = Ctx {
+        data_dir: Arc::new(data_dir),
+        stop,
+    };
+    let with_ctx = warp::any().map(move || ctx.clone());
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let logs = warp::get()
+        .and(warp::path!(
+            "v1" / "allocs" / String / String / String / "logs"
+        ))
+        .and(raw_query)
+        .and(with_ctx)
+        .then(
+            |job: String, index: String, attempt: String, query: String, ctx: Ctx| async move {
+                logs_reply(&job, &index, &attempt, &query, ctx).await
+            },
+        );
+    let metrics_route = warp::get().and(warp::path!("metrics")).map(move || {
+        let mut resp = metrics.render().into_response();
+        resp.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
+    });
+    let healthz = warp::get()
+        .and(warp::path!("healthz"))
+        .map(|| "ok\n".into_response());
+    logs.or(metrics_route)
+        .unify()
+        .or(healthz)
+        .unify()
+        .recover(|r: Rejection| async move { Ok::<_, Infallible>(rejection_reply(r)) })
+        .unify()
+}
+
+fn rejection_reply(r: Rejection) -> warp::reply::Response {
+    if r.is_not_found() {
+        error_reply(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET is served here",
+        )
+    } else {
+        error_reply(StatusCode::BAD_REQUEST, "bad_request", format!("{r:?}"))
+    }
+}
+
+async fn logs_reply(
+    job: &str,
+    index: &str,
+    attempt: &str,
+    query: &str,
+    ctx: Ctx,
+) -> warp::reply::Response {
+    let text = format!("{job}/{index}/{attempt}");
+    let alloc = match text.parse::<AllocId>() {
+        Ok(a) => a,
+        Err(e) => return error_reply(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let q = match LogQuery::parse(query) {
+        Ok(q) => q,
+        Err(msg) => return error_reply(StatusCode::BAD_REQUEST, "bad_request", msg),
+    };
+    let dir = alloc_dir(&ctx.data_dir, &alloc);
+    if !dir.is_dir() {
+        return error_reply(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no logs for allocation {alloc} on this node"),
+        );
+    }
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(produce(dir, q, ctx.stop, tx));
+    let mut resp = warp::reply::stream(ChunkStream(rx)).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+type Chunk = Result<Bytes, io::Error>;
+
+/// The body: chunks from the producer task. Dropped when the client goes
+/// away, which the producer notices and stops.
+struct ChunkStream(mpsc::Receiver<Chunk>);
+
+impl futures_util::Stream for ChunkStream {
+    type Item = Chunk;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Where a reader is: in the current file, or catching up on the copy a
+/// rotation made of the bytes it had not read yet.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    pos: u64,
+    in_rotated: bool,
+    /// The current file has been seen at least `pos` long, so a shorter file
+    /// later means it was truncated by a rotation.
+    confirmed: bool,
+}
+
+/// Reads the next chunk at the cursor; empty at the end of the current file.
+fn read_next(dir: &Path, stream: Stream, cur: &mut Cursor) -> io::Result<Vec<u8>> {
+    loop {
+        if cur.in_rotated {
+            let chunk = read_at(&rotated_path(dir, stream, 1), cur.pos)?;
+            if chunk.is_empty() {
+                *cur = Cursor {
+                    pos: 0,
+                    in_rotated: false,
+                    confirmed: true,
+                };
+                continue;
+            }
+            cur.pos += chunk.len() as u64;
+            return Ok(chunk);
+        }
+        let path = log_path(dir, stream);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        if len < cur.pos {
+            if cur.confirmed {
+                // Rotated: the unread tail is at the end of `.1`.
+                cur.in_rotated = true;
+                continue;
+            }
+            return Ok(Vec::new());
+        }
+        cur.confirmed = true;
+        let chunk = read_at(&path, cur.pos)?;
+        cur.pos += chunk.len() as u64;
+        return Ok(chunk);
+    }
+}
+
+/// Up to [`CHUNK`] bytes of `path` from `pos`; empty past the end or when
+/// the file does not exist.
+fn read_at(path: &Path, pos: u64) -> io::Result<Vec<u8>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    f.seek(SeekFrom::Start(pos))?;
+    let mut buf = Vec::with_capacity(CHUNK.min(8 << 10));
+    f.take(CHUNK as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+async fn produce(dir: PathBuf, q: LogQuery, stop: watch::Receiver<bool>, tx: mpsc::Sender<Chunk>) {
+    let mut cur = Cursor {
+        pos: q.offset,
+        in_rotated: false,
+        confirmed: false,
+    };
+    // Without follow, send what is there now and do not chase a writer.
+    let end = if q.follow {
+        u64::MAX
+    } else {
+        fs::metadata(log_path(&dir, q.stream)).map_or(0, |m| m.len())
+    };
+    loop {
+        if tx.is_closed() || *stop.borrow() {
+            return;
+        }
+        // Checked before reading: everything written before `exit.json`
+        // appeared is read before the stream ends.
+        let finished = !q.follow || is_finished(&dir) || !dir.is_dir();
+        let read_dir = dir.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let chunk = read_next(&read_dir, q.stream, &mut cur);
+            (chunk, cur)
+        })
+        .await;
+        let chunk = match result {
+            Ok((chunk, next)) => {
+                cur = next;
+                chunk
+            }
+            Err(e) => Err(io::Error::other(e)),
+        };
+        match chunk {
+            Ok(mut bytes) if !bytes.is_empty() => {
+                let past_end = !cur.in_rotated && cur.pos >= end;
+                if past_end {
+                    let extra = usize::try_from(cur.pos - end).unwrap_or(usize::MAX);
+                    bytes.truncate(bytes.len().saturating_sub(extra));
+                }
+                if !bytes.is_empty() && tx.send(Ok(Bytes::from(bytes))).await.is_err() {
+                    return;
+                }
+                if past_end {
+                    return;
+                }
+            }
+            Ok(_) if finished => return,
+            Ok(_) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read a log file");
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Serves [`log_routes`] on `listener` until `shutdown` resolves; follow
+/// streams end then too, so the server does not wait on them.
+pub async fn serve(
+    listener: TcpListener,
+    data_dir: PathBuf,
+    metrics: AgentMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "log server listening");
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    warp::serve(routes(data_dir, metrics, stop_rx))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}

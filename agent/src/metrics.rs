@@ -1,0 +1,225 @@
+//! Agent metrics (DESIGN §9), served at `/metrics` on the log server.
+//!
+//! Per-alloc series (`{alloc="<job>/<index>/<attempt>"}`) exist while the
+//! alloc runs on this node: call [`AgentMetrics::remove_alloc`] when it ends,
+//! so a node's series stay bounded by what it runs.
+
+use drover_api::{AllocId, AllocState};
+use prometheus::{CounterVec, Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+#[derive(Debug, Clone)]
+pub struct AgentMetrics {
+    pub registry: Registry,
+    /// `drover_agent_allocs{state}`: allocs on this node by state.
+    pub allocs: IntGaugeVec,
+    /// `drover_agent_alloc_cpu_seconds_total{alloc}`: CPU time used.
+    pub alloc_cpu_seconds: CounterVec,
+    /// `drover_agent_alloc_memory_bytes{alloc}`: resident memory.
+    pub alloc_memory: GaugeVec,
+    /// `drover_agent_gpu_utilization{gpu}`: 0..1, by device index.
+    pub gpu_utilization: GaugeVec,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let allocs = IntGaugeVec::new(
+            Opts::new("drover_agent_allocs", "Allocations on this node by state"),
+            &["state"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(allocs.clone())).expect("once");
+        let alloc_cpu_seconds = CounterVec::new(
+            Opts::new(
+                "drover_agent_alloc_cpu_seconds_total",
+                "CPU time used by an allocation's processes, in seconds",
+            ),
+            &["alloc"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(alloc_cpu_seconds.clone()))
+            .expect("once");
+        let alloc_memory = GaugeVec::new(
+            Opts::new(
+                "drover_agent_alloc_memory_bytes",
+                "Resident memory of an allocation's processes, in bytes",
+            ),
+            &["alloc"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(alloc_memory.clone())).expect("once");
+        let gpu_utilization = GaugeVec::new(
+            Opts::new(
+                "drover_agent_gpu_utilization",
+                "Fraction of time (0 to 1) a GPU was busy over the last sample period, by device index",
+            ),
+            &["gpu"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(gpu_utilization.clone())).expect("once");
+        for state in AllocState::ALL.iter() {
+            allocs.with_label_values(&[state.name()]).set(0);
+        }
+        AgentMetrics {
+            registry: r,
+            allocs,
+            alloc_cpu_seconds,
+            alloc_memory,
+            gpu_utilization,
+        }
+    }
+
+    /// Sets `drover_agent_allocs` from a count per state; states not given
+    /// are 0.
+    pub fn set_alloc_states(&self, counts: impl IntoIterator<Item = (AllocState, usize)>) {
+        let mut all = vec![0i64; AllocState::ALL.len()];
+        for (state, n) in counts {
+            if let Some(i) = AllocState::ALL.iter().position(|s| *s == state) {
+                all[i] += i64::try_from(n).unwrap_or(i64::MAX);
+            }
+        }
+        for (state, n) in AllocState::ALL.iter().zip(all) {
+            self.allocs.with_label_values(&[state.name()]).set(n);
+        }
+    }
+
+    /// Records an alloc's observed usage: total CPU seconds so far (the
+    /// counter follows it; a smaller total, after its processes were
+    /// replaced, restarts the counter) and resident memory now.
+    pub fn observe_alloc(&self, alloc: &AllocId, cpu_seconds_total: f64, memory_bytes: u64) {
+        let label = alloc.to_string();
+        let cpu = self.alloc_cpu_seconds.with_label_values(&[&label]);
+        let total = if cpu_seconds_total.is_finite() {
+            cpu_seconds_total.max(0.0)
+        } else {
+            0.0
+        };
+        let now = cpu.get();
+        if total >= now {
+            cpu.inc_by(total - now);
+        } else {
+            cpu.reset();
+            cpu.inc_by(total);
+        }
+        self.alloc_memory
+            .with_label_values(&[&label])
+            .set(memory_bytes as f64);
+    }
+
+    /// Drops a finished alloc's series.
+    pub fn remove_alloc(&self, alloc: &AllocId) {
+        let label = alloc.to_string();
+        let _ = self.alloc_cpu_seconds.remove_label_values(&[&label]);
+        let _ = self.alloc_memory.remove_label_values(&[&label]);
+    }
+
+    /// GPU `index` was busy `ratio` (0..1) of the last sample period.
+    pub fn set_gpu_utilization(&self, index: u32, ratio: f64) {
+        self.gpu_utilization
+            .with_label_values(&[&index.to_string()])
+            .set(ratio.clamp(0.0, 1.0));
+    }
+
+    /// The Prometheus text exposition of every agent metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(s: &str) -> AllocId {
+        s.parse().unwrap()
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn every_family_is_rendered_with_help_once_set() {
+        let m = AgentMetrics::new();
+        m.set_alloc_states([(AllocState::Running, 2), (AllocState::Failed, 1)]);
+        m.observe_alloc(&alloc("render/0/1"), 1.5, 4096);
+        m.set_gpu_utilization(0, 0.75);
+        let text = m.render();
+        for family in [
+            "drover_agent_allocs",
+            "drover_agent_alloc_cpu_seconds_total",
+            "drover_agent_alloc_memory_bytes",
+            "drover_agent_gpu_utilization",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} missing:\n{text}"
+            );
+        }
+        assert!(text.contains("# TYPE drover_agent_alloc_cpu_seconds_total counter"));
+        assert_eq!(
+            line(&text, "drover_agent_allocs{state=\"running\"}"),
+            Some("drover_agent_allocs{state=\"running\"} 2")
+        );
+        assert_eq!(
+            line(&text, "drover_agent_allocs{state=\"assigned\"}"),
+            Some("drover_agent_allocs{state=\"assigned\"} 0")
+        );
+        assert_eq!(
+            line(&text, "drover_agent_alloc_cpu_seconds_total{"),
+            Some("drover_agent_alloc_cpu_seconds_total{alloc=\"render/0/1\"} 1.5")
+        );
+        assert_eq!(
+            line(&text, "drover_agent_alloc_memory_bytes{"),
+            Some("drover_agent_alloc_memory_bytes{alloc=\"render/0/1\"} 4096")
+        );
+        assert_eq!(
+            line(&text, "drover_agent_gpu_utilization{"),
+            Some("drover_agent_gpu_utilization{gpu=\"0\"} 0.75")
+        );
+    }
+
+    #[test]
+    fn cpu_counter_follows_observed_totals() {
+        let m = AgentMetrics::new();
+        let a = alloc("web/3/2");
+        m.observe_alloc(&a, 2.0, 1);
+        m.observe_alloc(&a, 3.5, 1);
+        assert_eq!(
+            m.alloc_cpu_seconds.with_label_values(&["web/3/2"]).get(),
+            3.5
+        );
+        m.observe_alloc(&a, 1.0, 1);
+        assert_eq!(
+            m.alloc_cpu_seconds.with_label_values(&["web/3/2"]).get(),
+            1.0
+        );
+        m.observe_alloc(&a, f64::NAN, 1);
+        assert_eq!(
+            m.alloc_cpu_seconds.with_label_values(&["web/3/2"]).get(),
+            0.0
+        );
+    }
+
+    #[test]
+    fn remove_alloc_drops_its_series() {
+        let m = AgentMetrics::new();
+        m.observe_alloc(&alloc("a/0/1"), 1.0, 10);
+        m.observe_alloc(&alloc("b/0/1"), 1.0, 10);
+        m.remove_alloc(&alloc("a/0/1"));
+        m.remove_alloc(&alloc("never/0/1"));
+        let text = m.render();
+        assert!(!text.contains("a/0/1"), "{text}");
+        assert!(text.contains("b/0/1"), "{text}");
+    }
+}

@@ -1,0 +1,482 @@
+//! The shim: a small supervisor between the agent and one task, so that the
+//! task survives an agent crash (`kill -9`, upgrade) and its exit status is
+//! never lost.
+//!
+//! The executor starts the agent's own binary as `<agent> __shim <alloc-dir>`
+//! in a new session (so the shim's process group id is its pid) with the
+//! forwarded signals blocked. The shim then:
+//!
+//! 1. reads `<alloc-dir>/launch.json` ([`ShimPlan`]);
+//! 2. creates the alloc's cgroup(s) and writes the limits;
+//! 3. starts the task: cwd `work/`, exactly the planned environment (plus
+//!    `PATH` if absent), stdout/stderr appended to `stdout.log`/`stderr.log`,
+//!    stdin `/dev/null`, in its own process group, and — between fork and
+//!    exec — joins the cgroup, drops to the task user (supplementary groups,
+//!    gid, uid) and sets `PR_SET_NO_NEW_PRIVS`;
+//! 4. forwards `SIGTERM`/`SIGINT`/`SIGHUP` to the task's process group and
+//!    turns `SIGUSR1` into `SIGKILL` for that group (this is how the executor
+//!    escalates after the grace period without killing the shim itself);
+//! 5. when the task's main process exits, kills what is left of its process
+//!    group and cgroup, reaps it, and writes `exit.json` atomically.
+//!
+//! `main.rs` must dispatch to [`main`] before anything else (no runtime, no
+//! logging set up) when `argv[1] == "__shim"`; see [`is_shim_invocation`].
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_api::AllocId;
+use nix::fcntl::{open, OFlag};
+use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
+
+use crate::local_state::{
+    now_unix_ms, proc_stat, read_json, write_atomic, ExitRecord, EXIT_FILE, LAUNCH_FILE,
+    STDERR_LOG, STDOUT_LOG, WORK_DIR,
+};
+
+/// `argv[1]` that makes the agent binary act as a shim.
+pub const SHIM_ARG: &str = "__shim";
+
+/// `PATH` given to tasks whose environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Exit status of the shim when its arguments are wrong.
+pub const EXIT_USAGE: i32 = 64;
+/// Exit status of the shim when it could not record the task's exit.
+pub const EXIT_SOFTWARE: i32 = 70;
+
+/// The agent was started as a shim: `argv[1] == "__shim"`.
+pub fn is_shim_invocation(args: &[OsString]) -> bool {
+    args.get(1).is_some_and(|a| a == SHIM_ARG)
+}
+
+/// The user a task runs as, when the shim must switch to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskIds {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// The cgroup(s) an alloc runs in, and its limits (0: unlimited).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CgroupPlan {
+    None,
+    V2 {
+        dir: PathBuf,
+        memory_bytes: u64,
+        cpu_millis: u64,
+    },
+    V1 {
+        memory_dir: Option<PathBuf>,
+        cpu_dir: Option<PathBuf>,
+        memory_bytes: u64,
+        cpu_millis: u64,
+    },
+}
+
+/// `launch.json`: everything the shim needs, decided by the executor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimPlan {
+    pub alloc: AllocId,
+    pub command: Vec<String>,
+    /// The task's whole environment.
+    pub env: BTreeMap<String, String>,
+    /// `None`: run as the shim's own user.
+    pub ids: Option<TaskIds>,
+    pub cgroup: CgroupPlan,
+}
+
+/// The shim's entry point: `args` is the whole argv (`[agent, "__shim", dir]`).
+/// Returns the process exit status: 0 once `exit.json` is written, whatever
+/// the task's own status.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let dir = match args.as_slice() {
+        [_, arg, dir] if arg == SHIM_ARG => PathBuf::from(dir),
+        _ => {
+            eprintln!("usage: drover-agent {SHIM_ARG} <alloc-dir>");
+            return EXIT_USAGE;
+        }
+    };
+    // Already blocked when the executor started us; again for a shim started by hand.
+    let signals = forwarded_signals();
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
+        eprintln!("drover shim: cannot block signals: {e}");
+    }
+    let exit = supervise(&dir, signals);
+    match serde_json::to_vec_pretty(&exit)
+        .map_err(io::Error::from)
+        .and_then(|bytes| write_atomic(&dir.join(EXIT_FILE), &bytes))
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("drover shim: cannot write {}: {e}", EXIT_FILE);
+            EXIT_SOFTWARE
+        }
+    }
+}
+
+/// The signals the shim blocks and forwards to the task.
+pub(crate) fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
+    let plan: ShimPlan = match read_json(&dir.join(LAUNCH_FILE)) {
+        Ok(p) => p,
+        Err(e) => return ExitRecord::failed(format!("cannot read {LAUNCH_FILE}: {e}")),
+    };
+    let Some((program, args)) = plan.command.split_first() else {
+        return ExitRecord::failed("empty command");
+    };
+    let cgroup = match Cgroup::setup(&plan.cgroup) {
+        Ok(c) => c,
+        Err(e) => return ExitRecord::failed(format!("cannot set up the cgroup: {e}")),
+    };
+    let open_log = |name: &str| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(name))
+    };
+    let (stdout, stderr) = match (open_log(STDOUT_LOG), open_log(STDERR_LOG)) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            cgroup.cleanup();
+            return ExitRecord::failed(format!("cannot open the log files: {e}"));
+        }
+    };
+    let procs = match cgroup.procs_files() {
+        Ok(p) => p,
+        Err(e) => {
+            cgroup.cleanup();
+            return ExitRecord::failed(format!("bad cgroup path: {e}"));
+        }
+    };
+
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(&plan.env)
+        .current_dir(dir.join(WORK_DIR))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    if !plan.env.contains_key("PATH") {
+        cmd.env("PATH", DEFAULT_PATH);
+    }
+    set_child_setup(
+        &mut cmd,
+        ChildSetup {
+            setsid: false,
+            mask: Some((SigmaskHow::SIG_SETMASK, SigSet::empty())),
+            cgroup_procs: procs,
+            ids: plan.ids.as_ref().map(|ids| {
+                (
+                    Uid::from_raw(ids.uid),
+                    Gid::from_raw(ids.gid),
+                    ids.groups.iter().map(|g| Gid::from_raw(*g)).collect(),
+                )
+            }),
+            no_new_privs: true,
+        },
+    );
+    let oom_before = cgroup.oom_kills();
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            cgroup.cleanup();
+            return ExitRecord::failed(format!("cannot start {program:?}: {e}"));
+        }
+    };
+    let Ok(raw_pid) = i32::try_from(child.id()) else {
+        return ExitRecord::failed("task pid out of range");
+    };
+    // The task is reaped with waitid/waitpid below, not through `child`.
+    drop(child);
+    let pid = Pid::from_raw(raw_pid);
+
+    // Forward signals to the task's group until it has been reaped; the lock
+    // keeps a forward from racing the reap (after which the group id could
+    // be reused).
+    let reaped = Arc::new(Mutex::new(false));
+    {
+        let reaped = Arc::clone(&reaped);
+        std::thread::spawn(move || loop {
+            let Ok(sig) = signals.wait() else { continue };
+            let to = if sig == Signal::SIGUSR1 {
+                Signal::SIGKILL
+            } else {
+                sig
+            };
+            let done = reaped.lock().unwrap_or_else(|e| e.into_inner());
+            if !*done {
+                let _ = killpg(pid, to);
+            }
+        });
+    }
+
+    // Wait for the exit without reaping: the zombie keeps the process group
+    // id reserved while we kill what is left of the group.
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
+    let status = {
+        let mut done = reaped.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = killpg(pid, Signal::SIGKILL);
+        cgroup.kill_all();
+        let status = loop {
+            match waitpid(pid, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other,
+            }
+        };
+        *done = true;
+        status
+    };
+    let oom_killed = matches!((oom_before, cgroup.oom_kills()), (Some(a), Some(b)) if b > a);
+    cgroup.cleanup();
+
+    let mut exit = ExitRecord {
+        exit_code: None,
+        signal: None,
+        finished_at_unix_ms: now_unix_ms(),
+        message: None,
+        oom_killed,
+    };
+    match status {
+        Ok(WaitStatus::Exited(_, code)) => exit.exit_code = Some(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => exit.signal = Some(sig as i32),
+        Ok(other) => exit.message = Some(format!("unexpected wait status {other:?}")),
+        Err(e) => exit.message = Some(format!("cannot wait for the task: {e}")),
+    }
+    if oom_killed {
+        exit.message = Some("out of memory: the cgroup's memory limit was reached".into());
+    }
+    exit
+}
+
+/// What a child does between fork and exec. Plain data prepared by the
+/// parent, so that the child only makes system calls.
+#[derive(Debug)]
+pub(crate) struct ChildSetup {
+    /// Start a new session (and process group) led by the child.
+    pub setsid: bool,
+    pub mask: Option<(SigmaskHow, SigSet)>,
+    /// `cgroup.procs` files to join (by writing "0", i.e. "this process").
+    pub cgroup_procs: Vec<CString>,
+    /// Switch to this uid, gid and supplementary groups.
+    pub ids: Option<(Uid, Gid, Vec<Gid>)>,
+    pub no_new_privs: bool,
+}
+
+impl ChildSetup {
+    fn run(&self) -> io::Result<()> {
+        if self.setsid {
+            nix::unistd::setsid()?;
+        }
+        if let Some((how, set)) = &self.mask {
+            sigprocmask(*how, Some(set), None)?;
+        }
+        for procs in &self.cgroup_procs {
+            let fd = open(
+                procs.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            nix::unistd::write(&fd, b"0")?;
+        }
+        if let Some((uid, gid, groups)) = &self.ids {
+            nix::unistd::setgroups(groups)?;
+            nix::unistd::setgid(*gid)?;
+            nix::unistd::setuid(*uid)?;
+        }
+        if self.no_new_privs {
+            nix::sys::prctl::set_no_new_privs()?;
+        }
+        Ok(())
+    }
+}
+
+/// Installs `setup` to run in the child between fork and exec.
+#[allow(unsafe_code)]
+pub(crate) fn set_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    // SAFETY: the closure runs in the forked child of a possibly
+    // multi-threaded parent, where only async-signal-safe functions may be
+    // called. `ChildSetup::run` only reads data prepared by the parent
+    // (C strings, a sigset, id lists) and calls setsid, sigprocmask, open,
+    // write, close, setgroups, setgid, setuid and prctl — all plain system
+    // calls; it allocates nothing (nix errors convert to `io::Error` as raw
+    // OS errors, without allocating) and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || setup.run());
+    }
+}
+
+/// The cgroup directories of one alloc.
+#[derive(Debug, Default)]
+struct Cgroup {
+    /// The directories the task joins (one for v2; memory and/or cpu for v1).
+    dirs: Vec<PathBuf>,
+    /// Where the OOM kill counter is read: `(file, key)`.
+    oom_file: Option<PathBuf>,
+}
+
+fn write_file(path: &Path, value: &str) -> io::Result<()> {
+    fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+impl Cgroup {
+    fn setup(plan: &CgroupPlan) -> io::Result<Cgroup> {
+        let mut cg = Cgroup::default();
+        match plan {
+            CgroupPlan::None => {}
+            CgroupPlan::V2 {
+                dir,
+                memory_bytes,
+                cpu_millis,
+            } => {
+                fs::create_dir_all(dir)?;
+                cg.dirs.push(dir.clone());
+                let mem = if *memory_bytes > 0 {
+                    memory_bytes.to_string()
+                } else {
+                    "max".into()
+                };
+                write_file(&dir.join("memory.max"), &mem)?;
+                if *memory_bytes > 0 {
+                    // No swap: over the limit means the OOM killer, not thrashing.
+                    let _ = fs::write(dir.join("memory.swap.max"), "0");
+                }
+                let quota = if *cpu_millis > 0 {
+                    (cpu_millis * 100).max(1000).to_string()
+                } else {
+                    "max".into()
+                };
+                // Absent when the cpu controller could not be enabled.
+                let cpu_max = dir.join("cpu.max");
+                if cpu_max.exists() {
+                    write_file(&cpu_max, &format!("{quota} 100000"))?;
+                } else if *cpu_millis > 0 {
+                    eprintln!("drover shim: no cpu controller; the CPU limit is not enforced");
+                }
+                cg.oom_file = Some(dir.join("memory.events"));
+            }
+            CgroupPlan::V1 {
+                memory_dir,
+                cpu_dir,
+                memory_bytes,
+                cpu_millis,
+            } => {
+                if let Some(dir) = memory_dir {
+                    fs::create_dir_all(dir)?;
+                    cg.dirs.push(dir.clone());
+                    let mem = if *memory_bytes > 0 {
+                        memory_bytes.to_string()
+                    } else {
+                        "-1".into()
+                    };
+                    write_file(&dir.join("memory.limit_in_bytes"), &mem)?;
+                    // Memory + swap at the same limit: no swapping past it.
+                    // Absent when swap accounting is off.
+                    let _ = fs::write(dir.join("memory.memsw.limit_in_bytes"), &mem);
+                    cg.oom_file = Some(dir.join("memory.oom_control"));
+                }
+                if let Some(dir) = cpu_dir {
+                    fs::create_dir_all(dir)?;
+                    cg.dirs.push(dir.clone());
+                    write_file(&dir.join("cpu.cfs_period_us"), "100000")?;
+                    let quota = if *cpu_millis > 0 {
+                        (cpu_millis * 100).max(1000).to_string()
+                    } else {
+                        "-1".into()
+                    };
+                    write_file(&dir.join("cpu.cfs_quota_us"), &quota)?;
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    fn procs_files(&self) -> io::Result<Vec<CString>> {
+        use std::os::unix::ffi::OsStrExt;
+        self.dirs
+            .iter()
+            .map(|d| {
+                CString::new(d.join("cgroup.procs").as_os_str().as_bytes())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+            })
+            .collect()
+    }
+
+    /// The cgroup's OOM kill count (`oom_kill` in `memory.events` or
+    /// `memory.oom_control`), when the kernel reports it.
+    fn oom_kills(&self) -> Option<u64> {
+        let text = fs::read_to_string(self.oom_file.as_ref()?).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == "oom_kill").then(|| v.trim().parse().ok()).flatten()
+        })
+    }
+
+    /// SIGKILLs every process left in the cgroup (those that left the task's
+    /// process group with setsid/setpgid), a bounded number of rounds.
+    fn kill_all(&self) {
+        let Some(dir) = self.dirs.first() else { return };
+        for _ in 0..50 {
+            let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
+                return;
+            };
+            // Zombies (the reaped-later task leader) may still be listed.
+            let pids: Vec<i32> = text
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .filter(|p| matches!(proc_stat(*p), Some(s) if s.state != 'Z' && s.state != 'X'))
+                .collect();
+            if pids.is_empty() {
+                return;
+            }
+            for p in pids {
+                let _ = nix::sys::signal::kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Removes the cgroup directories (best effort: killed processes may take
+    /// a moment to leave).
+    fn cleanup(&self) {
+        for dir in &self.dirs {
+            for _ in 0..50 {
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The agent loop's reconciliation with real processes: the desired allocs
+//! from a poll are launched once, allocs no longer desired are stopped, and
+//! every change becomes a status update for the next heartbeat.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use drover_agent::agent::{Agent, AgentSettings};
+use drover_agent::config::AgentConfig;
+use drover_agent::executor::{ExecConfig, Executor};
+use drover_agent::fingerprint::Probe;
+use drover_agent::metrics::AgentMetrics;
+use drover_api::protocol::{task_env, Assignment, NodeResources};
+use drover_api::{AllocId, AllocState, JobType};
+
+fn agent(dir: &std::path::Path) -> std::sync::Arc<Agent> {
+    let executor = Executor::open(ExecConfig {
+        shim_program: env!("CARGO_BIN_EXE_drover-agent").into(),
+        user: Some("nobody".into()),
+        kill_grace: Duration::from_secs(2),
+        ..ExecConfig::new(dir)
+    })
+    .unwrap();
+    let settings = AgentSettings {
+        // Nothing listens there: these tests never reach a master.
+        masters: vec!["127.0.0.1:1".into()],
+        token: None,
+        node_id: None,
+        data_dir: dir.to_path_buf(),
+        hostname: "test".into(),
+        log_addr: "127.0.0.1:1".into(),
+        resources: NodeResources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            gpus: vec![],
+        },
+        reserved: Default::default(),
+        labels: BTreeMap::new(),
+        attributes: BTreeMap::new(),
+        kill_grace: Duration::from_secs(2),
+        stop_after_disconnect: None,
+        poll_wait: Duration::from_secs(1),
+    };
+    let probe = Probe::new(&AgentConfig::default());
+    Agent::new(settings, executor, probe, AgentMetrics::new())
+}
+
+fn assignment(alloc: &str, script: &str) -> Assignment {
+    let id: AllocId = alloc.parse().unwrap();
+    Assignment {
+        env: task_env(&id, None, &[], &BTreeMap::new()),
+        alloc: id,
+        job_type: JobType::Batch,
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        cpu_millis: 100,
+        memory_bytes: 64 << 20,
+        gpus: vec![],
+        kill_timeout_ms: 2000,
+    }
+}
+
+/// Collects exits until `alloc` has an update in `state`, for at most 10 s.
+fn wait_for(agent: &Agent, alloc: &str, state: AllocState) -> drover_api::protocol::AllocUpdate {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        agent.collect_exits();
+        if let Some(u) = agent
+            .pending_updates()
+            .into_iter()
+            .find(|u| u.alloc.to_string() == alloc && u.state == state)
+        {
+            return u;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{alloc} never became {state}: {:?}",
+            agent.pending_updates()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn desired_allocs_start_once_and_their_exit_is_reported() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    let job = assignment("job/0/1", "echo run >> runs; exit 3");
+    a.reconcile(std::slice::from_ref(&job));
+    a.reconcile(std::slice::from_ref(&job));
+    let failed = wait_for(&a, "job/0/1", AllocState::Failed);
+    assert_eq!(failed.exit_code, Some(3));
+    let running: Vec<_> = a
+        .pending_updates()
+        .into_iter()
+        .filter(|u| u.state == AllocState::Running)
+        .collect();
+    assert_eq!(running.len(), 1, "launched once: {running:?}");
+    let runs = std::fs::read_to_string(dir.path().join("allocs/job/0/1/work/runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1);
+}
+
+#[test]
+fn allocs_the_master_no_longer_wants_are_stopped_and_reported_killed() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    a.reconcile(&[assignment("svc/0/1", "sleep 1000")]);
+    wait_for(&a, "svc/0/1", AllocState::Running);
+    a.reconcile(&[]);
+    let killed = wait_for(&a, "svc/0/1", AllocState::Killed);
+    assert_eq!(killed.signal, Some(15), "{killed:?}");
+    assert!(!a.is_running(&"svc/0/1".parse().unwrap()));
+}
