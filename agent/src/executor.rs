@@ -416,6 +416,8 @@ impl Executor {
                 cgroup_procs: Vec::new(),
                 ids: None,
                 no_new_privs: false,
+                // The shim must outlive the agent: that is its whole point.
+                die_with_parent: None,
             },
         );
         let child = cmd.spawn().map_err(|source| ExecError::Spawn {

@@ -202,6 +202,7 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
                 )
             }),
             no_new_privs: true,
+            die_with_parent: Some(nix::unistd::getpid()),
         },
     );
     let oom_before = cgroup.oom_kills();
@@ -291,6 +292,11 @@ pub(crate) struct ChildSetup {
     /// Switch to this uid, gid and supplementary groups.
     pub ids: Option<(Uid, Gid, Vec<Gid>)>,
     pub no_new_privs: bool,
+    /// SIGKILL the child if its parent (the shim) dies: a task must never
+    /// outlive the process that records its exit, or a restarted agent would
+    /// rerun an attempt while the old one still runs. Holds the parent's
+    /// pid, to check it did not die before the signal was set.
+    pub die_with_parent: Option<nix::unistd::Pid>,
 }
 
 impl ChildSetup {
@@ -317,6 +323,15 @@ impl ChildSetup {
         if self.no_new_privs {
             nix::sys::prctl::set_no_new_privs()?;
         }
+        // After the uid switch, which clears the parent-death signal.
+        if let Some(parent) = self.die_with_parent {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            // The shim may have died before the line above: then the
+            // parent is already someone else.
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+        }
         Ok(())
     }
 }
@@ -328,7 +343,7 @@ pub(crate) fn set_child_setup(cmd: &mut Command, setup: ChildSetup) {
     // multi-threaded parent, where only async-signal-safe functions may be
     // called. `ChildSetup::run` only reads data prepared by the parent
     // (C strings, a sigset, id lists) and calls setsid, sigprocmask, open,
-    // write, close, setgroups, setgid, setuid and prctl — all plain system
+    // write, close, setgroups, setgid, setuid, prctl and getppid — all plain system
     // calls; it allocates nothing (nix errors convert to `io::Error` as raw
     // OS errors, without allocating) and takes no locks.
     unsafe {

@@ -110,3 +110,43 @@ fn allocs_the_master_no_longer_wants_are_stopped_and_reported_killed() {
     assert_eq!(killed.signal, Some(15), "{killed:?}");
     assert!(!a.is_running(&"svc/0/1".parse().unwrap()));
 }
+
+#[test]
+fn a_task_never_outlives_its_shim() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    a.reconcile(&[assignment("orphan/0/1", "echo $$ > pid; exec sleep 1000")]);
+    wait_for(&a, "orphan/0/1", AllocState::Running);
+    let pid_file = dir.path().join("allocs/orphan/0/1/work/pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let task_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the task never wrote its pid");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let shim = std::fs::read_to_string(dir.path().join("allocs/orphan/0/1/shim.json")).unwrap();
+    let shim: serde_json::Value = serde_json::from_str(&shim).unwrap();
+    let shim_pid = shim["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{task_pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{task_pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "task {task_pid} outlived its shim {shim_pid}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
