@@ -14,6 +14,13 @@ use drover_api::protocol::{task_env, Assignment, NodeResources};
 use drover_api::{AllocId, AllocState, JobType};
 
 fn agent(dir: &std::path::Path) -> std::sync::Arc<Agent> {
+    agent_with(dir, None)
+}
+
+fn agent_with(
+    dir: &std::path::Path,
+    stop_after_disconnect: Option<Duration>,
+) -> std::sync::Arc<Agent> {
     let executor = Executor::open(ExecConfig {
         shim_program: env!("CARGO_BIN_EXE_drover-agent").into(),
         user: Some("nobody".into()),
@@ -38,7 +45,7 @@ fn agent(dir: &std::path::Path) -> std::sync::Arc<Agent> {
         labels: BTreeMap::new(),
         attributes: BTreeMap::new(),
         kill_grace: Duration::from_secs(2),
-        stop_after_disconnect: None,
+        stop_after_disconnect,
         poll_wait: Duration::from_secs(1),
     };
     let probe = Probe::new(&AgentConfig::default());
@@ -46,15 +53,19 @@ fn agent(dir: &std::path::Path) -> std::sync::Arc<Agent> {
 }
 
 fn assignment(alloc: &str, script: &str) -> Assignment {
+    gpu_assignment(alloc, script, &[])
+}
+
+fn gpu_assignment(alloc: &str, script: &str, gpus: &[u32]) -> Assignment {
     let id: AllocId = alloc.parse().unwrap();
     Assignment {
-        env: task_env(&id, None, &[], &BTreeMap::new()),
+        env: task_env(&id, None, gpus, &BTreeMap::new()),
         alloc: id,
         job_type: JobType::Batch,
         command: vec!["/bin/sh".into(), "-c".into(), script.into()],
         cpu_millis: 100,
         memory_bytes: 64 << 20,
-        gpus: vec![],
+        gpus: gpus.to_vec(),
         kill_timeout_ms: 2000,
     }
 }
@@ -149,4 +160,61 @@ fn a_task_never_outlives_its_shim() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn each_task_sees_exactly_the_gpus_it_was_assigned() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    let script = "test \"$CUDA_VISIBLE_DEVICES\" = \"$WANT\"";
+    let mut first = gpu_assignment("gpu/0/1", script, &[0]);
+    first.env.insert("WANT".into(), "0".into());
+    let mut second = gpu_assignment("gpu/1/1", script, &[1, 3]);
+    second.env.insert("WANT".into(), "1,3".into());
+    let mut none = gpu_assignment("gpu/2/1", "test -z \"${CUDA_VISIBLE_DEVICES+set}\"", &[]);
+    none.env.insert("WANT".into(), String::new());
+    a.reconcile(&[first, second, none]);
+    for alloc in ["gpu/0/1", "gpu/1/1", "gpu/2/1"] {
+        let done = wait_for(&a, alloc, AllocState::Succeeded);
+        assert_eq!(done.exit_code, Some(0), "{alloc}");
+    }
+}
+
+#[tokio::test]
+async fn with_stop_after_disconnect_tasks_stop_when_no_master_answers() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent_with(dir.path(), Some(Duration::from_millis(300)));
+    a.reconcile(&[assignment("lonely/0/1", "sleep 1000")]);
+    let alloc: AllocId = "lonely/0/1".parse().unwrap();
+    assert!(a.is_running(&alloc));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(std::sync::Arc::clone(&a).run(stopped));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.is_running(&alloc) {
+        a.collect_exits();
+        assert!(
+            Instant::now() < deadline,
+            "the task kept running without a master"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    run.await.unwrap();
+}
+
+#[tokio::test]
+async fn without_stop_after_disconnect_tasks_keep_running_when_no_master_answers() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    a.reconcile(&[assignment("loyal/0/1", "sleep 1000")]);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(std::sync::Arc::clone(&a).run(stopped));
+    // Several failed registrations (backoff starts at 100 ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.collect_exits();
+    assert!(a.is_running(&"loyal/0/1".parse().unwrap()));
+    stop.send(true).unwrap();
+    run.await.unwrap();
+    a.reconcile(&[]);
+    wait_for(&a, "loyal/0/1", AllocState::Killed);
 }
