@@ -43,10 +43,9 @@ use warp::{Filter, Rejection, Reply};
 use crate::config::LogsConfig;
 use crate::metrics::AgentMetrics;
 
-/// Directory under `data_dir` holding one directory per alloc.
-pub const ALLOCS_DIR: &str = "allocs";
-/// Written by the executor into an alloc's directory when it has finished.
-pub const EXIT_FILE: &str = "exit.json";
+// The layout of an alloc's directory is the executor's (local_state).
+pub use crate::local_state::{alloc_dir, ALLOCS_DIR, EXIT_FILE};
+use crate::local_state::{STDERR_LOG, STDOUT_LOG};
 /// How often a followed log is polled for new bytes.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Largest chunk read and sent at once.
@@ -72,8 +71,8 @@ impl Stream {
     /// `stdout.log` / `stderr.log`.
     pub const fn file_name(self) -> &'static str {
         match self {
-            Stream::Stdout => "stdout.log",
-            Stream::Stderr => "stderr.log",
+            Stream::Stdout => STDOUT_LOG,
+            Stream::Stderr => STDERR_LOG,
         }
     }
 }
@@ -96,15 +95,6 @@ impl FromStr for Stream {
             .find(|st| st.name() == s)
             .ok_or_else(|| UnknownStream(s.to_string()))
     }
-}
-
-/// `<data_dir>/allocs/<job>/<index>/<attempt>`.
-pub fn alloc_dir(data_dir: &Path, alloc: &AllocId) -> PathBuf {
-    data_dir
-        .join(ALLOCS_DIR)
-        .join(alloc.task.job.as_str())
-        .join(alloc.task.index.to_string())
-        .join(alloc.attempt.to_string())
 }
 
 /// The current log file of `stream` in an alloc directory.

@@ -136,7 +136,28 @@ fn pid_alive(pid: i32, start_time: u64) -> bool {
 }
 
 /// Running shims (pid, alloc dir), found by their command lines.
+/// Shim processes by pid and alloc dir. A shim's child between its fork
+/// and its exec still shows the shim's command line: it is not a shim.
 fn shims() -> Vec<(i32, PathBuf)> {
+    let all = shim_like_processes();
+    let pids: Vec<i32> = all.iter().map(|(pid, _)| *pid).collect();
+    all.into_iter()
+        .filter(|(pid, _)| !parent_of(*pid).is_some_and(|ppid| pids.contains(&ppid)))
+        .collect()
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 4, after the parenthesised command name (which may hold spaces).
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn shim_like_processes() -> Vec<(i32, PathBuf)> {
     let Ok(proc) = fs::read_dir("/proc") else {
         return Vec::new();
     };

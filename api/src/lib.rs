@@ -1,6 +1,7 @@
 //! `drover-api`: the shared language of Drover's master, agent, CLI and
 //! policies (DESIGN §1). Types and validation only; no server code.
 
+pub mod config;
 pub mod ids;
 pub mod policy;
 pub mod protocol;
