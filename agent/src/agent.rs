@@ -347,6 +347,16 @@ impl Agent {
         let sent = req.updates.len();
         let resp = self.client.heartbeat(&req).await?;
         self.contact();
+        // Only now is an exit safe to forget: the master has it.
+        let ended: Vec<AllocId> = req
+            .updates
+            .iter()
+            .filter(|u| u.state.is_terminal())
+            .map(|u| u.alloc.clone())
+            .collect();
+        if !ended.is_empty() {
+            lock(&self.executor).ack(&ended);
+        }
         let mut s = lock(&self.shared);
         let acked = sent.min(s.updates.len());
         s.updates.drain(..acked);

@@ -16,6 +16,7 @@
 //! Under systemd the agent's unit needs `KillMode=process`, or stopping the
 //! agent kills the shims and their tasks with it.
 
+use std::collections::BTreeSet;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
@@ -220,6 +221,9 @@ pub struct Executor {
     state: LocalState,
     live: HashMap<AllocId, Live>,
     load_outcome: LoadOutcome,
+    /// Exits `poll` has returned but the agent has not yet acknowledged
+    /// (see [`Executor::ack`]); not returned again by this process.
+    surfaced: BTreeSet<AllocId>,
 }
 
 impl Executor {
@@ -284,6 +288,7 @@ impl Executor {
             state,
             live: HashMap::new(),
             load_outcome,
+            surfaced: BTreeSet::new(),
         })
     }
 
@@ -481,7 +486,10 @@ impl Executor {
     }
 
     /// Enforces stop deadlines and returns the allocs that have ended since
-    /// the last call — each exactly once, also across restarts.
+    /// the last call. An exit is returned once per process until it is
+    /// acknowledged with [`Executor::ack`]; an agent that dies before
+    /// acknowledging gets it again after its restart (at least once, never
+    /// lost).
     pub fn poll(&mut self) -> Vec<Exited> {
         let now = Instant::now();
         let data_dir = self.cfg.data_dir.clone();
@@ -529,11 +537,7 @@ impl Executor {
                 self.live.remove(&rec.alloc);
             }
             if let AllocStatus::Exited { exit } = &rec.status {
-                if !rec.reported {
-                    rec.reported = true;
-                    changed = true;
-                    let dir = alloc_dir(&data_dir, &rec.alloc);
-                    let _ = File::create(dir.join(REPORTED_FILE));
+                if !rec.reported && self.surfaced.insert(rec.alloc.clone()) {
                     out.push(exited(&rec.alloc, exit));
                 }
             }
@@ -544,6 +548,29 @@ impl Executor {
             }
         }
         out
+    }
+
+    /// Records that these exits reached the master, so that they are never
+    /// reported again, also across restarts.
+    pub fn ack(&mut self, allocs: &[AllocId]) {
+        let mut changed = false;
+        for rec in self.state.records_mut() {
+            if allocs.contains(&rec.alloc)
+                && !rec.reported
+                && matches!(rec.status, AllocStatus::Exited { .. })
+            {
+                rec.reported = true;
+                changed = true;
+                let dir = alloc_dir(&self.cfg.data_dir, &rec.alloc);
+                let _ = File::create(dir.join(REPORTED_FILE));
+                self.surfaced.remove(&rec.alloc);
+            }
+        }
+        if changed {
+            if let Err(e) = self.state.save() {
+                tracing::error!(error = %e, "cannot save the executor state");
+            }
+        }
     }
 
     /// The allocs whose shims are running, with the shim's pid (= its

@@ -387,8 +387,23 @@ fn a_new_executor_reattaches_and_reports_an_exit_from_while_it_was_down_once() {
     assert!(exec.poll().is_empty());
     drop(exec);
 
+    // Not acknowledged (the agent died before the master had it): again.
     let mut exec = fx.open();
-    assert!(exec.poll().is_empty(), "reported again after a restart");
+    let again = exec.poll();
+    assert_eq!(
+        again.len(),
+        1,
+        "an unacknowledged exit must not be lost: {again:?}"
+    );
+    exec.ack(std::slice::from_ref(&alloc));
+    assert!(exec.poll().is_empty());
+    drop(exec);
+
+    let mut exec = fx.open();
+    assert!(
+        exec.poll().is_empty(),
+        "reported again after it was acknowledged"
+    );
     assert!(exec.running().is_empty());
 }
 
@@ -405,6 +420,7 @@ fn a_corrupt_state_file_is_recovered_from_the_alloc_dirs_without_relaunching() {
     exec.launch(fx.spec(1, "exit 4")).expect("launch");
     let reported = wait_exit(&mut exec, &fx.alloc(1));
     assert_eq!(reported.exit_code, Some(4));
+    exec.ack(&[fx.alloc(1)]);
     exec.launch(fx.spec(2, "exit 5")).expect("launch");
     wait_for("alloc 2's exit.json", || {
         exec.alloc_dir(&fx.alloc(2))
