@@ -441,11 +441,36 @@ impl Executor {
         Ok(id)
     }
 
-    fn cgroup_plan(&self, spec: &LaunchSpec) -> CgroupPlan {
+    /// The alloc's cgroup directory name under each hierarchy's parent.
+    fn cgroup_dir_name(&self, alloc: &AllocId) -> String {
         // Alloc ids are unique in a cluster, but several agents may share a
         // machine (tests, `drover dev --agents N`): the data dir tells them apart.
         let agent = crate::local_state::fnv1a64(self.cfg.data_dir.as_os_str().as_encoded_bytes());
-        let name = format!("{:08x}_{}", agent as u32, cgroup_name(&spec.alloc));
+        format!("{:08x}_{}", agent as u32, cgroup_name(alloc))
+    }
+
+    /// Removes the cgroups of an alloc whose shim died without cleaning up
+    /// (its task died with it). Best effort: a cgroup still holding a
+    /// process cannot be removed and stays for the next attempt at GC.
+    fn remove_cgroups(&self, alloc: &AllocId) {
+        let name = self.cgroup_dir_name(alloc);
+        let parents: Vec<&PathBuf> = match &self.limits {
+            Limits::None => vec![],
+            Limits::CgroupV2 { parent } => vec![parent],
+            Limits::CgroupV1 { memory, cpu } => memory.iter().chain(cpu.iter()).collect(),
+        };
+        for parent in parents {
+            let dir = parent.join(&name);
+            if dir.exists() {
+                if let Err(e) = fs::remove_dir(&dir) {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cgroup not removed");
+                }
+            }
+        }
+    }
+
+    fn cgroup_plan(&self, spec: &LaunchSpec) -> CgroupPlan {
+        let name = self.cgroup_dir_name(&spec.alloc);
         match &self.limits {
             Limits::None => CgroupPlan::None,
             Limits::CgroupV2 { parent } => CgroupPlan::V2 {
@@ -495,6 +520,7 @@ impl Executor {
         let data_dir = self.cfg.data_dir.clone();
         let mut changed = false;
         let mut out = Vec::new();
+        let mut orphaned_cgroups = Vec::new();
         for rec in self.state.records_mut() {
             if let (AllocStatus::Running, Some(shim)) = (&rec.status, rec.shim) {
                 let live = self.live.get_mut(&rec.alloc);
@@ -530,6 +556,7 @@ impl Executor {
                         rec.status = AllocStatus::Exited {
                             exit: ExitRecord::failed(msg),
                         };
+                        orphaned_cgroups.push(rec.alloc.clone());
                     }
                     (None, true) => continue,
                 }
@@ -546,6 +573,9 @@ impl Executor {
             if let Err(e) = self.state.save() {
                 tracing::error!(error = %e, "cannot save the executor state");
             }
+        }
+        for alloc in orphaned_cgroups {
+            self.remove_cgroups(&alloc);
         }
         out
     }

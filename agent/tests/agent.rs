@@ -149,16 +149,25 @@ fn a_task_never_outlives_its_shim() {
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{task_pid}/stat")).exists()
-        && !std::fs::read_to_string(format!("/proc/{task_pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-    {
+    while std::path::Path::new(&format!("/proc/{task_pid}")).exists() {
         assert!(
             Instant::now() < deadline,
             "task {task_pid} outlived its shim {shim_pid}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // The agent learns the attempt failed, and removes the cgroup the dead
+    // shim could not.
+    let failed = wait_for(&a, "orphan/0/1", AllocState::Failed);
+    assert!(failed.message.unwrap_or_default().contains("shim died"));
+    let agent_hash =
+        drover_agent::local_state::fnv1a64(dir.path().as_os_str().as_encoded_bytes()) as u32;
+    for hierarchy in ["memory", "cpu"] {
+        let cgroup = format!("/sys/fs/cgroup/{hierarchy}/drover/{agent_hash:08x}_orphan_0_1");
+        assert!(
+            !std::path::Path::new(&cgroup).exists(),
+            "{cgroup} left behind"
+        );
     }
 }
 
