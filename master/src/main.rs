@@ -77,18 +77,8 @@ async fn main() -> anyhow::Result<()> {
         Clock::system(),
     )
     .await?;
-    // A deep accept queue: bursts of agents reconnecting after a failover
-    // must not overflow the kernel's default backlog.
-    let socket = match config.listen {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    }
-    .context("creating the listening socket")?;
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(config.listen)
+    let listener = drover_master::server::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
-    let listener = socket.listen(4096)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {

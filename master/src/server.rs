@@ -2,9 +2,10 @@
 //! mini-redis, so tests and `drover dev` run the same code as the binary.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 use crate::auth::Auth;
@@ -26,6 +27,20 @@ impl Settings {
             ..Settings::default()
         }
     }
+}
+
+/// Listens on `addr` with a deep accept queue: a burst of agents
+/// reconnecting after a failover, or of clients, must not overflow the
+/// kernel's default backlog (tokio's `bind` asks for 1024; past it the
+/// kernel falls back to SYN cookies, some of which fail and reset).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Serves the API on `listener`, and runs the scheduler and liveness loops,

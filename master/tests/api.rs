@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::test::RequestBuilder;
@@ -2139,15 +2139,9 @@ async fn a_real_server_takes_1000_concurrent_submissions_and_persists_every_one(
     const JOBS: usize = 1000;
     let dir = tempfile::tempdir().expect("a temp dir");
     let master = open_master(dir.path(), Settings::default(), Arc::default()).await;
-    // A burst of 1000 connects overflows the default accept queue (tokio's
-    // `TcpListener::bind` asks for 1024, and the kernel answers the overflow
-    // with SYN cookies, some of which fail and reset the connection): that
-    // would test the kernel, not the master. Ask for room for the burst.
-    let socket = TcpSocket::new_v4().expect("a socket");
-    socket
-        .bind("127.0.0.1:0".parse().expect("an address"))
-        .expect("bind");
-    let listener = socket.listen(4096).expect("listen");
+    // A burst of 1000 connects needs the deep accept queue the binary uses.
+    let listener =
+        drover_master::server::bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(drover_master::server::run(
