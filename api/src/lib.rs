@@ -1,6 +1,9 @@
 //! `drover-api`: the shared language of Drover's master, agent, CLI and
-//! policies (DESIGN §1). Types and validation only; no server code.
+//! policies (DESIGN §1). Types and validation only; no server code. With the `client`
+//! feature, also a typed HTTP client of the master ([`client::Client`]).
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod ids;
 pub mod policy;
@@ -8,6 +11,7 @@ pub mod protocol;
 pub mod quantity;
 pub mod spec;
 pub mod state;
+pub mod views;
 
 pub use ids::{AllocId, IdError, JobId, NodeId, TaskId};
 pub use policy::{PolicyKind, UnknownPolicy};
@@ -16,4 +20,4 @@ pub use spec::{
     Constraints, Elastic, FieldError, JobSpec, JobType, ResourceRequest, RestartPolicy, SpecError,
     ValidationErrors,
 };
-pub use state::{AllocState, JobState, TaskState, Transition, UnknownState};
+pub use state::{AllocState, JobState, NodeState, TaskState, Transition, UnknownState};

@@ -120,6 +120,20 @@ state_enum! {
     }
 }
 
+state_enum! {
+    /// Where a node stands, as the API shows it.
+    NodeState, "node" {
+        /// Heartbeating and accepting work.
+        Ready => "ready",
+        /// Missed enough heartbeats to be watched; not yet down.
+        Suspect => "suspect",
+        /// Accepting no new work; its allocs are being moved.
+        Draining => "draining",
+        /// Declared down; its allocs were marked lost and rescheduled.
+        Down => "down",
+    }
+}
+
 impl TaskState {
     /// Nothing more happens to the task by itself: `succeeded`, `killed` or
     /// `dead`. (`failed` and `lost` lead to a new attempt or to `dead`; a

@@ -108,33 +108,7 @@ pub struct Drain {
     pub deadline_ms: u64,
 }
 
-/// Node status as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeState {
-    Ready,
-    Suspect,
-    Draining,
-    Down,
-}
-
-impl NodeState {
-    pub const ALL: [NodeState; 4] = [
-        NodeState::Ready,
-        NodeState::Suspect,
-        NodeState::Draining,
-        NodeState::Down,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            NodeState::Ready => "ready",
-            NodeState::Suspect => "suspect",
-            NodeState::Draining => "draining",
-            NodeState::Down => "down",
-        }
-    }
-}
+pub use drover_api::NodeState;
 
 /// What the master knows of a node from its heartbeats; not persisted.
 #[derive(Debug, Clone, Default, Serialize)]

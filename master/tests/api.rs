@@ -2210,3 +2210,113 @@ async fn a_real_server_takes_1000_concurrent_submissions_and_persists_every_one(
     let expected: Vec<String> = (0..JOBS).map(|i| format!("jobs/job-{i:04}")).collect();
     assert_eq!(jobs, expected);
 }
+
+// ---------------------------------------------------------------------------
+// Contract with drover-api's client types
+// ---------------------------------------------------------------------------
+
+/// Reads `body` as `T` and writes it back: the JSON must come out the same,
+/// so a field the master sends that the client type lacks (or names
+/// differently, or types differently) fails here and not in a user's CLI.
+#[track_caller]
+fn assert_reads_back_unchanged<T: serde::de::DeserializeOwned + Serialize>(
+    what: &str,
+    body: Value,
+) {
+    let typed: T = serde_json::from_value(body.clone())
+        .unwrap_or_else(|e| panic!("{what} does not read as the client type: {e}\n{body}"));
+    let again = serde_json::to_value(&typed).expect("serialize the client type");
+    assert_eq!(
+        again, body,
+        "{what}: the client type loses or changes fields"
+    );
+}
+
+#[tokio::test]
+async fn every_answer_reads_back_unchanged_through_the_client_types() {
+    use drover_api::views::{
+        AllocView, ClusterSummary, ErrorBody, JobView, LeaderView, NodeView, PlanAnswer,
+        StopAnswer, SubmitAnswer, TaskView,
+    };
+    let h = Harness::new().await;
+    h.add_node("n1").await;
+    h.register(&gpu_node("g1")).await.expect(200);
+    let submitted = h.submit(&spec("web", 2)).await.expect(201);
+    assert_reads_back_unchanged::<SubmitAnswer>("submit", submitted);
+    assert_eq!(h.schedule().await, 2);
+    h.report_one("n1", "web/0/1", AllocState::Running, None)
+        .await;
+    h.report_one("n1", "web/0/1", AllocState::Failed, Some(2))
+        .await;
+    h.create(&spec("huge", 1)).await;
+    h.post_json(
+        "/v1/nodes/g1/drain",
+        &json!({"enable": true, "deadline": "5m"}),
+    )
+    .await
+    .expect(200);
+
+    let plan = h
+        .post_json(
+            "/v1/jobs/plan",
+            &spec_with("p", 2, json!({"resources": {"cpu": "64"}})),
+        )
+        .await
+        .expect(200);
+    assert_reads_back_unchanged::<PlanAnswer>("plan", plan);
+    let plan = h
+        .post_json("/v1/jobs/plan", &spec("q", 1))
+        .await
+        .expect(200);
+    assert!(!plan["placements"].as_array().unwrap().is_empty(), "{plan}");
+    assert_reads_back_unchanged::<PlanAnswer>("plan", plan);
+    for path in ["/v1/jobs", "/v1/jobs?state=running"] {
+        let list = h.get(path).await.expect(200);
+        assert_reads_back_unchanged::<Vec<JobView>>(path, list);
+    }
+    let job = h.get("/v1/jobs/web").await.expect(200);
+    assert!(job["spec"].is_object(), "{job}");
+    assert_reads_back_unchanged::<JobView>("job", job);
+    let tasks = h.get("/v1/jobs/web/tasks").await.expect(200);
+    assert_reads_back_unchanged::<Vec<TaskView>>("tasks", tasks);
+    let task = h.get("/v1/tasks/web/0").await.expect(200);
+    assert_reads_back_unchanged::<TaskView>("task", task);
+    let alloc = h.get("/v1/allocs/web/0/1").await.expect(200);
+    assert_reads_back_unchanged::<AllocView>("alloc", alloc);
+    let nodes = h.get("/v1/nodes").await.expect(200);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["drain"].is_object()),
+        "{nodes}"
+    );
+    assert_reads_back_unchanged::<Vec<NodeView>>("nodes", nodes);
+    let node = h.get("/v1/nodes/g1").await.expect(200);
+    assert_reads_back_unchanged::<NodeView>("node", node);
+    let cluster = h.get("/v1/cluster").await.expect(200);
+    assert_reads_back_unchanged::<ClusterSummary>("cluster", cluster);
+    let leader = h.get("/v1/status/leader").await.expect(200);
+    assert_reads_back_unchanged::<LeaderView>("leader", leader);
+    let bad = h
+        .submit(&json!({"name": "bad", "command": [], "resources": {"memory": "12Zb"}}))
+        .await
+        .expect(400);
+    assert!(bad["error"]["fields"].is_array(), "{bad}");
+    assert_reads_back_unchanged::<ErrorBody>("a spec error", bad);
+    let missing = h.get("/v1/jobs/nope").await.expect(404);
+    assert_reads_back_unchanged::<ErrorBody>("a 404", missing);
+    let stopped = h.delete("/v1/jobs/web").await.expect(200);
+    assert!(matches!(
+        serde_json::from_value::<StopAnswer>(stopped.clone()),
+        Ok(StopAnswer::Stopped(_))
+    ));
+    assert_reads_back_unchanged::<StopAnswer>("stop", stopped);
+    let purged = h.delete("/v1/jobs/web?purge=true").await.expect(200);
+    assert!(matches!(
+        serde_json::from_value::<StopAnswer>(purged.clone()),
+        Ok(StopAnswer::Purged { .. })
+    ));
+    assert_reads_back_unchanged::<StopAnswer>("purge", purged);
+}

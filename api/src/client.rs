@@ -1,0 +1,566 @@
+//! A typed HTTP client for the master (feature `client`): the REST API of
+//! DESIGN §5 for the CLI and tests, and the agent protocol of §6 for agents.
+//!
+//! It knows several master addresses and fails over between them: a master
+//! that cannot be reached or answers 5xx is skipped for the next one, while
+//! a 4xx answer is final (the next master would refuse the same request).
+//! Plain HTTP/1.1 over one fresh connection per call: the callers (a CLI
+//! command, an agent's few requests a second) gain nothing from pooling.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::protocol::{
+    HeartbeatRequest, HeartbeatResponse, PollRequest, PollResponse, RegisterRequest,
+    RegisterResponse, HEARTBEAT_PATH, POLL_PATH, REGISTER_PATH,
+};
+use crate::views::{
+    AllocView, ClusterSummary, ErrorBody, FieldProblem, JobView, LeaderView, NodeView, PlanAnswer,
+    StopAnswer, SubmitAnswer, TaskView,
+};
+use crate::{AllocId, JobId, JobState, NodeId, TaskId};
+
+/// How long an ordinary call may take, connection included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the master at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("{message} (HTTP {status} from {addr})")]
+    Api {
+        addr: String,
+        status: u16,
+        /// The error's `code`, or `http_{status}` when the body was not an
+        /// API error.
+        code: String,
+        message: String,
+        fields: Vec<FieldProblem>,
+        /// Seconds, from `Retry-After`.
+        retry_after: Option<u64>,
+    },
+    #[error("the master at {addr} sent an answer that is not the expected JSON: {reason}")]
+    Decode { addr: String, reason: String },
+    #[error("no master address given")]
+    NoAddress,
+}
+
+impl ClientError {
+    /// The HTTP status of an error answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A job spec's text and how it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    Yaml,
+    Json,
+}
+
+impl SpecFormat {
+    /// JSON for `.json` files, YAML otherwise.
+    pub fn from_path(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => SpecFormat::Json,
+            _ => SpecFormat::Yaml,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            SpecFormat::Yaml => "application/yaml",
+            SpecFormat::Json => "application/json",
+        }
+    }
+}
+
+/// Which output stream of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// A plain answer: status and the whole body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// A task's log, read as it arrives.
+#[derive(Debug)]
+pub struct LogReader {
+    addr: String,
+    body: Incoming,
+}
+
+impl LogReader {
+    /// The next piece of the log; `None` at its end (never, when following,
+    /// until the task's alloc ends or the connection drops).
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ClientError::Unreachable {
+                        addr: self.addr.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A client of the masters at `addrs`, remembering which one answered last.
+#[derive(Debug)]
+pub struct Client {
+    addrs: Vec<String>,
+    current: AtomicUsize,
+    token: Option<String>,
+    timeout: Duration,
+}
+
+struct Request<'a> {
+    method: hyper::Method,
+    path: &'a str,
+    body: Option<(&'static str, Bytes)>,
+    timeout: Duration,
+}
+
+impl Client {
+    /// `addrs` are `host:port`; an `http://` prefix and a trailing `/` are
+    /// accepted and dropped.
+    pub fn new(addrs: Vec<String>, token: Option<String>) -> Self {
+        let addrs = addrs
+            .into_iter()
+            .map(|a| {
+                a.trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .filter(|a| !a.is_empty())
+            .collect();
+        Client {
+            addrs,
+            current: AtomicUsize::new(0),
+            token,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Per-call time limit for everything but long polls and followed logs.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The master that answered last (the first one before any call).
+    pub fn current_addr(&self) -> &str {
+        let n = self.addrs.len().max(1);
+        self.addrs
+            .get(self.current.load(Ordering::Relaxed) % n)
+            .map_or("", String::as_str)
+    }
+
+    // ---- REST API ----
+
+    /// `POST /v1/jobs`: submit (or update) a job.
+    pub async fn submit(
+        &self,
+        spec: &str,
+        format: SpecFormat,
+    ) -> Result<SubmitAnswer, ClientError> {
+        self.send_json(
+            hyper::Method::POST,
+            "/v1/jobs",
+            Some(spec_body(spec, format)),
+        )
+        .await
+    }
+
+    /// `POST /v1/jobs/plan`: what submitting would do, writing nothing.
+    pub async fn plan(&self, spec: &str, format: SpecFormat) -> Result<PlanAnswer, ClientError> {
+        self.send_json(
+            hyper::Method::POST,
+            "/v1/jobs/plan",
+            Some(spec_body(spec, format)),
+        )
+        .await
+    }
+
+    /// `GET /v1/jobs[?state=]`.
+    pub async fn jobs(&self, state: Option<JobState>) -> Result<Vec<JobView>, ClientError> {
+        match state {
+            None => self.get("/v1/jobs").await,
+            Some(s) => self.get(&format!("/v1/jobs?state={s}")).await,
+        }
+    }
+
+    /// `GET /v1/jobs/{id}`, spec included.
+    pub async fn job(&self, id: &JobId) -> Result<JobView, ClientError> {
+        self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// `DELETE /v1/jobs/{id}[?purge=true]`.
+    pub async fn stop(&self, id: &JobId, purge: bool) -> Result<StopAnswer, ClientError> {
+        let path = format!("/v1/jobs/{id}?purge={purge}");
+        self.send_json(hyper::Method::DELETE, &path, None).await
+    }
+
+    /// `GET /v1/jobs/{id}/tasks`.
+    pub async fn tasks(&self, job: &JobId) -> Result<Vec<TaskView>, ClientError> {
+        self.get(&format!("/v1/jobs/{job}/tasks")).await
+    }
+
+    /// `GET /v1/tasks/{job}/{index}`.
+    pub async fn task(&self, id: &TaskId) -> Result<TaskView, ClientError> {
+        self.get(&format!("/v1/tasks/{id}")).await
+    }
+
+    /// `GET /v1/allocs/{job}/{index}/{attempt}`.
+    pub async fn alloc(&self, id: &AllocId) -> Result<AllocView, ClientError> {
+        self.get(&format!("/v1/allocs/{id}")).await
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        self.get("/v1/nodes").await
+    }
+
+    /// `GET /v1/nodes/{id}`.
+    pub async fn node(&self, id: &NodeId) -> Result<NodeView, ClientError> {
+        self.get(&format!("/v1/nodes/{id}")).await
+    }
+
+    /// `POST /v1/nodes/{id}/drain`: start a drain (with a deadline; the
+    /// master's default is one hour) or end one.
+    pub async fn drain(
+        &self,
+        id: &NodeId,
+        enable: bool,
+        deadline: Option<Duration>,
+    ) -> Result<NodeView, ClientError> {
+        let mut body = serde_json::json!({ "enable": enable });
+        if let Some(d) = deadline {
+            body["deadline"] = humantime::format_duration(d).to_string().into();
+        }
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let path = format!("/v1/nodes/{id}/drain");
+        self.send_json(hyper::Method::POST, &path, Some(("application/json", body)))
+            .await
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn cluster(&self) -> Result<ClusterSummary, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
+    /// `GET /v1/status/leader`.
+    pub async fn leader(&self) -> Result<LeaderView, ClientError> {
+        self.get("/v1/status/leader").await
+    }
+
+    /// `GET /v1/tasks/{id}/logs`: the log of the task's latest attempt from
+    /// byte `offset`; with `follow`, the reader keeps delivering new output.
+    pub async fn logs(
+        &self,
+        task: &TaskId,
+        stream: LogStream,
+        offset: u64,
+        follow: bool,
+    ) -> Result<LogReader, ClientError> {
+        let path = format!(
+            "/v1/tasks/{task}/logs?stream={}&offset={offset}&follow={follow}",
+            stream.name()
+        );
+        let req = Request {
+            method: hyper::Method::GET,
+            path: &path,
+            body: None,
+            timeout: self.timeout,
+        };
+        let (addr, resp) = self.call_head(&req).await?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            return Ok(LogReader {
+                addr,
+                body: resp.into_body(),
+            });
+        }
+        let body = collect(&addr, resp, self.timeout).await?;
+        Err(api_error(&addr, status, None, &body))
+    }
+
+    /// Any `GET`, read as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send_json(hyper::Method::GET, path, None).await
+    }
+
+    /// Any request, with the answer returned whatever its status: for
+    /// callers that check error answers themselves (tests, scripts).
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> Result<Reply, ClientError> {
+        let method =
+            hyper::Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::Unreachable {
+                addr: self.current_addr().to_string(),
+                reason: format!("bad method: {e}"),
+            })?;
+        let req = Request {
+            method,
+            path,
+            body,
+            timeout: self.timeout,
+        };
+        let (addr, resp) = self.call_head(&req).await?;
+        let status = resp.status().as_u16();
+        let body = collect(&addr, resp, self.timeout).await?;
+        Ok(Reply { status, body })
+    }
+
+    // ---- agent protocol ----
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.post_json(REGISTER_PATH, req, self.timeout).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        self.post_json(HEARTBEAT_PATH, req, self.timeout).await
+    }
+
+    /// A long poll: `wait` must exceed the master's poll timeout.
+    pub async fn poll(
+        &self,
+        req: &PollRequest,
+        wait: Duration,
+    ) -> Result<PollResponse, ClientError> {
+        self.post_json(POLL_PATH, req, wait).await
+    }
+
+    // ---- plumbing ----
+
+    async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ClientError> {
+        let body = Bytes::from(serde_json::to_vec(req).unwrap_or_default());
+        let req = Request {
+            method: hyper::Method::POST,
+            path,
+            body: Some(("application/json", body)),
+            timeout,
+        };
+        self.call_json(&req).await
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> Result<T, ClientError> {
+        let req = Request {
+            method,
+            path,
+            body,
+            timeout: self.timeout,
+        };
+        self.call_json(&req).await
+    }
+
+    async fn call_json<T: DeserializeOwned>(&self, req: &Request<'_>) -> Result<T, ClientError> {
+        let (addr, resp) = self.call_head(req).await?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = collect(&addr, resp, req.timeout).await?;
+        if (200..300).contains(&status) {
+            serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+                addr,
+                reason: e.to_string(),
+            })
+        } else {
+            Err(api_error(&addr, status, retry_after, &body))
+        }
+    }
+
+    /// Sends `req` to each master in turn, starting with the one that
+    /// answered last, until one answers below 500 (or 502: a master's own
+    /// answer that an agent it proxies to is unreachable, which another
+    /// master would repeat). Returns the answer's head; its body is unread.
+    async fn call_head(
+        &self,
+        req: &Request<'_>,
+    ) -> Result<(String, hyper::Response<Incoming>), ClientError> {
+        let n = self.addrs.len();
+        if n == 0 {
+            return Err(ClientError::NoAddress);
+        }
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let addr = &self.addrs[i];
+            let outcome = tokio::time::timeout(req.timeout, self.send(addr, req)).await;
+            match outcome {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    if status < 500 || status == 502 || k + 1 == n {
+                        self.current.store(i, Ordering::Relaxed);
+                        return Ok((addr.clone(), resp));
+                    }
+                    let body = collect(addr, resp, req.timeout).await.unwrap_or_default();
+                    last = Some(api_error(addr, status, None, &body));
+                }
+                Ok(Err(reason)) => {
+                    last = Some(ClientError::Unreachable {
+                        addr: addr.clone(),
+                        reason,
+                    })
+                }
+                Err(_) => {
+                    last = Some(ClientError::Unreachable {
+                        addr: addr.clone(),
+                        reason: format!(
+                            "no answer within {}",
+                            humantime::format_duration(req.timeout)
+                        ),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or(ClientError::NoAddress))
+    }
+
+    async fn send(
+        &self,
+        addr: &str,
+        req: &Request<'_>,
+    ) -> Result<hyper::Response<Incoming>, String> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut builder = hyper::Request::builder()
+            .method(req.method.clone())
+            .uri(req.path)
+            .header("host", addr);
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let body = match &req.body {
+            Some((content_type, bytes)) => {
+                builder = builder.header("content-type", *content_type);
+                bytes.clone()
+            }
+            None => Bytes::new(),
+        };
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| format!("bad request: {e}"))?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn spec_body(spec: &str, format: SpecFormat) -> (&'static str, Bytes) {
+    (
+        format.content_type(),
+        Bytes::copy_from_slice(spec.as_bytes()),
+    )
+}
+
+async fn collect(
+    addr: &str,
+    resp: hyper::Response<Incoming>,
+    timeout: Duration,
+) -> Result<Bytes, ClientError> {
+    match tokio::time::timeout(timeout, resp.into_body().collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) => Err(ClientError::Unreachable {
+            addr: addr.to_string(),
+            reason: format!("reading the answer: {e}"),
+        }),
+        Err(_) => Err(ClientError::Unreachable {
+            addr: addr.to_string(),
+            reason: "the answer did not arrive in time".into(),
+        }),
+    }
+}
+
+/// An error answer, from the API's error body when it is one.
+fn api_error(addr: &str, status: u16, retry_after: Option<u64>, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => ClientError::Api {
+            addr: addr.to_string(),
+            status,
+            code: e.error.code,
+            message: e.error.message,
+            fields: e.error.fields,
+            retry_after,
+        },
+        Err(_) => {
+            let text: String = String::from_utf8_lossy(body).chars().take(500).collect();
+            ClientError::Api {
+                addr: addr.to_string(),
+                status,
+                code: format!("http_{status}"),
+                message: if text.trim().is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    text.trim().to_string()
+                },
+                fields: Vec::new(),
+                retry_after,
+            }
+        }
+    }
+}
