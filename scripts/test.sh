@@ -23,6 +23,9 @@ step "benchmarks, once each (smoke: correctness only, no timing)"
 cargo test -p scheduler-policies --bench placement --locked
 cargo test -p drover-master --bench submit --locked
 
+step "build every binary (the e2e and CLI tests run the real ones)"
+cargo build --workspace --bins --locked
+
 step "tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
