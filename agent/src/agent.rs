@@ -438,6 +438,30 @@ impl Agent {
         }
     }
 
+    /// Stops every task (SIGTERM, SIGKILL after `grace`) and waits until
+    /// their shims are gone, or `grace` plus a second has passed. For a
+    /// stopped agent whose tasks must not outlive it (`drover dev`).
+    /// Returns how many tasks were still running at the end.
+    pub async fn stop_all_tasks(&self, grace: Duration) -> usize {
+        let running = lock(&self.executor).running();
+        for (alloc, _) in &running {
+            lock(&self.shared).stopping.insert(alloc.clone());
+            if let Err(e) = lock(&self.executor).stop(alloc, Some(grace)) {
+                tracing::warn!(alloc = %alloc, error = %e, "could not stop alloc");
+            }
+        }
+        let deadline = Instant::now() + grace + Duration::from_secs(1);
+        loop {
+            // poll() enforces the SIGKILL deadline and reaps exits.
+            self.collect_exits();
+            let left = lock(&self.executor).running().len();
+            if left == 0 || Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Registers, then polls and heartbeats until `shutdown` turns true.
     /// Tasks keep running after the agent stops (they are supervised by
     /// their shims); a restarted agent re-attaches to them.

@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod local_state;
 pub mod logs;
 pub mod metrics;
+pub mod service;
 pub mod shim;
 
 /// The protocol version this agent speaks.
