@@ -1,6 +1,8 @@
 //! The agent's loop: register, then long-poll for the node's desired allocs
 //! and reconcile the executor with them, and heartbeat at the interval the
-//! master asks for with usage and alloc status changes. When the master is
+//! master asks for with usage, and at once whenever an alloc's status
+//! changes (a task started or ended: shim exits are noticed by SIGCHLD), so
+//! the master learns of them in milliseconds, not a heartbeat later. When the master is
 //! unreachable the agent keeps its tasks running and retries with jittered
 //! backoff; after `stop_after_disconnect` (off by default) it stops them.
 
@@ -119,6 +121,11 @@ pub struct Agent {
     metrics: AgentMetrics,
     shared: Mutex<Shared>,
     last_contact: Mutex<Instant>,
+    /// Woken when an update is queued: the heartbeat goes out at once.
+    report_now: tokio::sync::Notify,
+    /// Usage as last measured: measuring walks every task's processes, so
+    /// it is done once per interval, not for every early heartbeat.
+    usage: Mutex<Option<(Instant, NodeUsage)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +155,8 @@ impl Agent {
                 ..Shared::default()
             }),
             last_contact: Mutex::new(Instant::now()),
+            report_now: tokio::sync::Notify::new(),
+            usage: Mutex::new(None),
             settings,
         })
     }
@@ -283,6 +292,7 @@ impl Agent {
             message,
             at_unix_ms: now_ms(),
         });
+        self.report_now.notify_one();
     }
 
     /// Status changes not yet acknowledged by the master.
@@ -332,7 +342,7 @@ impl Agent {
             return Ok(());
         };
         let updates = lock(&self.shared).updates.clone();
-        let usage = self.measure();
+        let usage = self.recent_usage();
         let r = &self.settings.resources;
         let req = HeartbeatRequest {
             node_id,
@@ -387,16 +397,42 @@ impl Agent {
         usage
     }
 
+    /// Usage measured at most one interval ago.
+    fn recent_usage(&self) -> NodeUsage {
+        let interval = lock(&self.shared).interval;
+        if let Some((at, usage)) = &*lock(&self.usage) {
+            if at.elapsed() < interval {
+                return usage.clone();
+            }
+        }
+        let usage = self.measure();
+        *lock(&self.usage) = Some((Instant::now(), usage.clone()));
+        usage
+    }
+
     async fn heartbeat_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut failed = false;
         loop {
             let interval = lock(&self.shared).interval;
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.changed() => return,
+            if failed {
+                // Unreachable masters are retried at the interval, however
+                // many updates queue up meanwhile.
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = self.report_now.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
             }
+            failed = false;
             if let Err(e) = self.heartbeat_once().await {
                 tracing::warn!(error = %e, "heartbeat failed; tasks keep running");
                 self.maybe_stop_all();
+                failed = true;
             }
             if lock(&self.shared).reregister {
                 tracing::info!("master asked this agent to register again");
@@ -462,6 +498,33 @@ impl Agent {
         }
     }
 
+    /// Collects task exits as they happen: a shim is this agent's child, so
+    /// its exit raises SIGCHLD. Shims re-attached after an agent restart are
+    /// not children; they are checked every 250 ms.
+    async fn exit_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut sigchld =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SIGCHLD stream; checking task exits by polling");
+                    None
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = async {
+                    match sigchld.as_mut() {
+                        Some(s) => { s.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = shutdown.changed() => return,
+            }
+            self.collect_exits();
+        }
+    }
+
     /// Registers, then polls and heartbeats until `shutdown` turns true.
     /// Tasks keep running after the agent stops (they are supervised by
     /// their shims); a restarted agent re-attaches to them.
@@ -471,8 +534,10 @@ impl Agent {
         }
         let polls = tokio::spawn(Arc::clone(&self).poll_loop(shutdown.clone()));
         let beats = tokio::spawn(Arc::clone(&self).heartbeat_loop(shutdown.clone()));
+        let exits = tokio::spawn(Arc::clone(&self).exit_loop(shutdown.clone()));
         let _ = polls.await;
         let _ = beats.await;
+        let _ = exits.await;
         // Report what ended during shutdown, best effort.
         let _ = self.heartbeat_once().await;
     }
