@@ -206,16 +206,15 @@ impl AgentConfig {
                     p.push(Problem::new("advertise_log_addr", format!("{adv:?} {why}")));
                 }
             }
-            None if self.log_listen.ip().is_unspecified() || self.log_listen.port() == 0 => {
-                p.push(Problem::new(
-                    "advertise_log_addr",
-                    format!(
-                        "must be set when log_listen is {}: the master needs an address \
+            // Port 0 is fine: the agent advertises the port it was given.
+            None if self.log_listen.ip().is_unspecified() => p.push(Problem::new(
+                "advertise_log_addr",
+                format!(
+                    "must be set when log_listen is {}: the master needs an address \
                          it can reach the log server at",
-                        self.log_listen
-                    ),
-                ))
-            }
+                    self.log_listen
+                ),
+            )),
             None => {}
         }
         if self.labels.len() > MAX_LABELS {
