@@ -502,14 +502,14 @@ impl Agent {
     /// its exit raises SIGCHLD. Shims re-attached after an agent restart are
     /// not children; they are checked every 250 ms.
     async fn exit_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut sigchld =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no SIGCHLD stream; checking task exits by polling");
-                    None
-                }
-            };
+        let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGCHLD stream; checking task exits by polling");
+                None
+            }
+        };
         loop {
             tokio::select! {
                 _ = async {

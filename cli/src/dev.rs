@@ -108,8 +108,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
     let listener = drover_master::server::bind(args.listen)
         .with_context(|| format!("listening on {} (is another drover running?)", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut master_stop = stop_rx.clone();
+    let (stop_tx, mut master_stop) = watch::channel(false);
     let server = tokio::spawn(drover_master::server::run(
         master,
         Arc::new(Auth::disabled()),
@@ -128,7 +127,8 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
 
     wait_for_signal().await?;
     eprintln!("drover dev: stopping tasks and agents");
-    let _ = stop_tx.send(true);
+    // Agents first, so none launches anything more; then their tasks; the
+    // master last, so the agents' final heartbeats still reach it.
     for running in agents {
         let agent = running.stop().await;
         let left = agent.stop_all_tasks(DEV_KILL_GRACE).await;
@@ -136,6 +136,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
             tracing::warn!(left, "tasks still running after SIGKILL");
         }
     }
+    let _ = stop_tx.send(true);
     let _ = server.await;
     drop(temp);
     Ok(())
@@ -205,7 +206,9 @@ async fn wait_until_ready(addr: SocketAddr, n: u32) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("only {ready} of {n} agents registered within {READY_WITHIN:?}; see the log above");
+            bail!(
+                "only {ready} of {n} agents registered within {READY_WITHIN:?}; see the log above"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -218,7 +221,10 @@ fn print_banner(addr: SocketAddr, root: &Path, temporary: bool, agents: u32) {
         root.display().to_string()
     };
     let nodes: Vec<String> = (1..=agents).map(|i| format!("dev-{i}")).collect();
-    println!("drover dev: master on http://{addr}, agents {}", nodes.join(", "));
+    println!(
+        "drover dev: master on http://{addr}, agents {}",
+        nodes.join(", ")
+    );
     println!("state: {state}");
     println!("export DROVER_ADDR={addr}");
     println!("try:   drover job run config/jobs/hello.yaml --wait");

@@ -1,0 +1,247 @@
+//! End-to-end benchmarks of a real cluster: `drover dev` (master, embedded
+//! store, one agent, real task processes) started as a child process and
+//! driven over its REST API, exactly as a user would.
+//!
+//! - [`latency`]: idle submit → running. One single-task job at a time on
+//!   an otherwise idle cluster: the time from sending the submission until
+//!   the master reports the task `running` (the agent has started it and
+//!   said so).
+//! - [`throughput`]: many trivial tasks (`/bin/true`) in one job on one
+//!   agent: tasks per second from submission until the job is complete.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use drover_api::client::{Client, SpecFormat};
+use drover_api::{JobId, JobState, TaskId, TaskState};
+
+/// A `drover dev` cluster in a child process, stopped (SIGTERM, which makes
+/// it stop its tasks) and reaped when dropped.
+#[derive(Debug)]
+pub struct DevCluster {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl DevCluster {
+    /// Starts `drover dev` on a free loopback port with its state in a
+    /// temp dir, and waits for its `export DROVER_ADDR=` line (printed once
+    /// the agents have registered).
+    pub fn start(drover: &Path, agents: u32) -> anyhow::Result<DevCluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("drover-bench-")
+            .tempdir()
+            .context("temp dir")?;
+        let mut child = Command::new(drover)
+            .args(["dev", "--listen", "127.0.0.1:0", "--agents"])
+            .arg(agents.to_string())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} dev", drover.display()))?;
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("export DROVER_ADDR=") {
+                        break addr.trim().to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("drover dev exited before it was ready");
+                }
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(DevCluster {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(vec![self.addr.clone()], None)
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The `drover` binary next to this one (both are built into the same
+/// target dir), unless `DROVER_BIN` names another.
+pub fn drover_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("DROVER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("drover");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no drover binary next to {}; build it (cargo build --workspace --bins) or set DROVER_BIN",
+        exe.display()
+    )
+}
+
+/// Percentiles of a set of durations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub count: usize,
+    pub min: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Summary {
+    pub fn of(samples: &[Duration]) -> Option<Summary> {
+        let mut s = samples.to_vec();
+        s.sort();
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+        (!s.is_empty()).then(|| Summary {
+            count: s.len(),
+            min: s[0],
+            p50: at(0.50),
+            p99: at(0.99),
+            max: s[s.len() - 1],
+        })
+    }
+}
+
+async fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Submits `n` single-task jobs one after another, each on an idle
+/// cluster, and returns each one's submit → running time. Each job is
+/// purged (its task killed) before the next is submitted.
+pub async fn latency(client: &Client, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("latency-{i}");
+        let spec = format!(
+            "name: {name}\ncommand: [/bin/sleep, \"300\"]\nresources: {{cpu: 10m, memory: 16Mi}}\n"
+        );
+        let job = JobId::new(&name)?;
+        let task: TaskId = job.task(0);
+        let started = Instant::now();
+        client.submit(&spec, SpecFormat::Yaml).await?;
+        // Polled every millisecond: the resolution of the measurement.
+        let every = Duration::from_millis(1);
+        wait_until(
+            &format!("{task} running"),
+            Duration::from_secs(30),
+            every,
+            async || {
+                let t = client.task(&task).await?;
+                Ok((t.state == TaskState::Running).then_some(()))
+            },
+        )
+        .await?;
+        samples.push(started.elapsed());
+        client.stop(&job, true).await?;
+        // Idle again: no live alloc left on the node.
+        wait_until(
+            "the node to be idle",
+            Duration::from_secs(30),
+            every,
+            async || {
+                let nodes = client.nodes().await?;
+                Ok(nodes.iter().all(|n| n.allocs.is_empty()).then_some(()))
+            },
+        )
+        .await?;
+    }
+    Ok(samples)
+}
+
+/// What a throughput run measured.
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub tasks: u32,
+    /// Submission until every task succeeded.
+    pub elapsed: Duration,
+    /// Tasks that needed more than one attempt (should be 0).
+    pub retried: usize,
+}
+
+impl Throughput {
+    pub fn tasks_per_second(&self) -> f64 {
+        f64::from(self.tasks) / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs one job of `tasks` `/bin/true` tasks and waits for it to complete.
+pub async fn throughput(client: &Client, tasks: u32) -> anyhow::Result<Throughput> {
+    let name = "throughput";
+    let spec = format!(
+        "name: {name}\ncount: {tasks}\ncommand: [/bin/true]\nresources: {{cpu: 10m, memory: 16Mi}}\nrestart: {{attempts: 0}}\n"
+    );
+    let job = JobId::new(name)?;
+    let started = Instant::now();
+    client.submit(&spec, SpecFormat::Yaml).await?;
+    let view = wait_until(
+        "the job to finish",
+        Duration::from_secs(3600),
+        Duration::from_millis(20),
+        async || {
+            let j = client.job(&job).await?;
+            Ok(j.state.is_terminal().then_some(j))
+        },
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    if view.state != JobState::Complete {
+        bail!("the job ended {} ({:?})", view.state, view.tasks);
+    }
+    let retried = client
+        .tasks(&job)
+        .await?
+        .iter()
+        .filter(|t| t.attempts.len() != 1)
+        .count();
+    Ok(Throughput {
+        tasks,
+        elapsed,
+        retried,
+    })
+}

@@ -1,0 +1,85 @@
+//! `drover-bench`: runs the end-to-end benchmarks against a fresh
+//! `drover dev` and prints the results as Markdown table rows for
+//! BENCHMARKS.md. Build in release mode for numbers worth writing down:
+//!
+//!   cargo build --release --bins && target/release/drover-bench latency --n 200
+//!   target/release/drover-bench throughput --tasks 10000
+
+use clap::{Parser, Subcommand};
+use drover_bench::{drover_binary, latency, throughput, DevCluster, Summary};
+
+#[derive(Debug, Parser)]
+#[command(about = "End-to-end benchmarks of a drover dev cluster")]
+struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Idle submit → running latency of single-task jobs, one at a time.
+    Latency {
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+    },
+    /// /bin/true tasks per second on one agent, from submit to complete.
+    Throughput {
+        #[arg(long, default_value_t = 10_000)]
+        tasks: u32,
+        /// Runs, each on a fresh cluster (min/median/max reported).
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+    },
+}
+
+fn ms(d: std::time::Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let drover = drover_binary()?;
+    match args.bench {
+        Bench::Latency { n } => {
+            let cluster = DevCluster::start(&drover, 1)?;
+            let samples = latency(&cluster.client(), n).await?;
+            let s = Summary::of(&samples).ok_or_else(|| anyhow::anyhow!("no samples"))?;
+            println!("| submissions | min | p50 | p99 | max |");
+            println!("|---|---|---|---|---|");
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                s.count,
+                ms(s.min),
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max)
+            );
+        }
+        Bench::Throughput { tasks, runs } => {
+            let mut rates = Vec::new();
+            for run in 1..=runs {
+                let cluster = DevCluster::start(&drover, 1)?;
+                let t = throughput(&cluster.client(), tasks).await?;
+                eprintln!(
+                    "run {run}: {} tasks in {:.2} s = {:.0} tasks/s ({} retried)",
+                    t.tasks,
+                    t.elapsed.as_secs_f64(),
+                    t.tasks_per_second(),
+                    t.retried
+                );
+                rates.push(t.tasks_per_second());
+            }
+            rates.sort_by(f64::total_cmp);
+            println!("| tasks | runs | min | median | max |");
+            println!("|---|---|---|---|---|");
+            println!(
+                "| {tasks} | {runs} | {:.0}/s | {:.0}/s | {:.0}/s |",
+                rates[0],
+                rates[rates.len() / 2],
+                rates[rates.len() - 1]
+            );
+        }
+    }
+    Ok(())
+}
