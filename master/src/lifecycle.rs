@@ -251,6 +251,13 @@ pub fn report(txn: &mut Txn<'_>, node: &NodeId, update: &AllocUpdate, now_ms: u6
 }
 
 fn describe_exit(update: &AllocUpdate) -> String {
+    let message = update.message.as_deref().filter(|m| !m.is_empty());
+    // The agent's own words say how it ended ("exited with status 3",
+    // "killed by SIGKILL (out of memory)"); codes alone only when it gave none.
+    if let (true, Some(m)) = (update.state.is_terminal(), message) {
+        let m: String = m.chars().take(200).collect();
+        return format!("{}: {m}", update.state);
+    }
     let mut parts = Vec::new();
     match update.state {
         AllocState::Running => parts.push("started".to_string()),
@@ -266,7 +273,7 @@ fn describe_exit(update: &AllocUpdate) -> String {
     if let Some(sig) = update.signal {
         parts.push(format!("signal {sig}"));
     }
-    if let Some(m) = update.message.as_deref().filter(|m| !m.is_empty()) {
+    if let Some(m) = message {
         parts.push(m.chars().take(200).collect());
     }
     parts.join(", ")
@@ -402,6 +409,29 @@ mod tests {
     use drover_api::JobState;
 
     const T0: u64 = 1_000_000;
+
+    fn exit_update(state: AllocState, code: Option<i32>, message: Option<&str>) -> AllocUpdate {
+        AllocUpdate {
+            alloc: "j/0/1".parse().unwrap(),
+            state,
+            exit_code: code,
+            signal: None,
+            message: message.map(str::to_string),
+            at_unix_ms: T0,
+        }
+    }
+
+    #[test]
+    fn an_exit_is_described_in_the_agents_words_when_it_gave_some_and_by_code_otherwise() {
+        let said = exit_update(AllocState::Failed, Some(3), Some("exited with status 3"));
+        assert_eq!(describe_exit(&said), "failed: exited with status 3");
+        let ok = exit_update(AllocState::Succeeded, Some(0), Some("exited with status 0"));
+        assert_eq!(describe_exit(&ok), "succeeded: exited with status 0");
+        let bare = exit_update(AllocState::Failed, Some(3), None);
+        assert_eq!(describe_exit(&bare), "failed, exit code 3");
+        let started = exit_update(AllocState::Running, None, Some("pid 42"));
+        assert_eq!(describe_exit(&started), "started, pid 42");
+    }
 
     fn spec(yaml: &str) -> JobSpec {
         JobSpec::parse_yaml(yaml).unwrap()
