@@ -75,17 +75,27 @@ impl DevCluster {
     pub fn client(&self) -> Client {
         Client::new(vec![self.addr.clone()], None)
     }
-}
 
-impl Drop for DevCluster {
-    fn drop(&mut self) {
+    /// Where the cluster keeps its state (alloc dirs under `agent-N/`).
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Stops it as Ctrl-C would (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let _ = self.child.wait();
+        self.child.wait()
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 
