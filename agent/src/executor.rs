@@ -583,23 +583,30 @@ impl Executor {
     /// Records that these exits reached the master, so that they are never
     /// reported again, also across restarts.
     pub fn ack(&mut self, allocs: &[AllocId]) {
-        let mut changed = false;
-        for rec in self.state.records_mut() {
-            if allocs.contains(&rec.alloc)
-                && !rec.reported
-                && matches!(rec.status, AllocStatus::Exited { .. })
-            {
-                rec.reported = true;
-                changed = true;
-                let dir = alloc_dir(&self.cfg.data_dir, &rec.alloc);
-                let _ = File::create(dir.join(REPORTED_FILE));
-                self.surfaced.remove(&rec.alloc);
-            }
+        let done: Vec<AllocId> = self
+            .state
+            .records()
+            .filter(|r| allocs.contains(&r.alloc) && !r.reported)
+            .filter(|r| matches!(r.status, AllocStatus::Exited { .. }))
+            .map(|r| r.alloc.clone())
+            .collect();
+        if done.is_empty() {
+            return;
         }
-        if changed {
-            if let Err(e) = self.state.save() {
-                tracing::error!(error = %e, "cannot save the executor state");
-            }
+        for alloc in &done {
+            // The mark in the alloc dir is what a later launch of the same
+            // id finds (and refuses to run again); the record itself is
+            // dropped, so that state.json holds only what is live or not
+            // yet reported, and saving it stays cheap however many allocs
+            // this node has run.
+            let dir = alloc_dir(&self.cfg.data_dir, alloc);
+            let _ = File::create(dir.join(REPORTED_FILE));
+            self.surfaced.remove(alloc);
+            self.live.remove(alloc);
+            self.state.remove(alloc);
+        }
+        if let Err(e) = self.state.save() {
+            tracing::error!(error = %e, "cannot save the executor state");
         }
     }
 

@@ -408,6 +408,31 @@ fn a_new_executor_reattaches_and_reports_an_exit_from_while_it_was_down_once() {
 }
 
 #[test]
+fn an_acknowledged_exit_leaves_the_state_file_yet_the_alloc_is_never_run_again() {
+    let fx = Fixture::new("forgotten");
+    let mut exec = fx.open();
+    exec.launch(fx.spec(0, "echo run >> runs")).expect("launch");
+    let exit = wait_exit(&mut exec, &fx.alloc(0));
+    assert_eq!(exit.exit_code, Some(0));
+    exec.ack(&[fx.alloc(0)]);
+    assert!(exec.known().is_empty(), "{:?}", exec.known());
+    let state = fs::read_to_string(fx.dir.path().join(STATE_FILE)).expect("state");
+    assert!(!state.contains(&fx.alloc(0).to_string()), "{state}");
+
+    // A late poll answer still listing the alloc must not start it again,
+    // in this process or after a restart.
+    let again = exec.launch(fx.spec(0, "echo run >> runs")).expect("launch");
+    assert!(!again.started, "{again:?}");
+    drop(exec);
+    let mut exec = fx.open();
+    let again = exec.launch(fx.spec(0, "echo run >> runs")).expect("launch");
+    assert!(!again.started, "{again:?}");
+    assert!(exec.poll().is_empty(), "not reported a second time");
+    let runs = fs::read_to_string(again.dir.join("work/runs")).expect("runs");
+    assert_eq!(runs, "run\n");
+}
+
+#[test]
 fn a_corrupt_state_file_is_recovered_from_the_alloc_dirs_without_relaunching() {
     let fx = Fixture::new("corrupt");
     let mut exec = fx.open();
