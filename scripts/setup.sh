@@ -6,6 +6,8 @@ set -euo pipefail
 need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)  # etcd-client's build
 command -v cc >/dev/null || need_apt+=(build-essential)
+# The monitoring tests: promtool, and a real Prometheus scraping drover dev.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 
 if ((${#need_apt[@]})); then
     sudo=""

@@ -144,6 +144,7 @@ impl Agent {
             .node_id
             .clone()
             .or_else(|| stored_node_id(&settings.data_dir));
+        metrics.set_capacity(&settings.resources);
         Arc::new(Agent {
             client,
             executor: Mutex::new(executor),
@@ -235,9 +236,18 @@ impl Agent {
         }
     }
 
-    /// Makes the executor run exactly the desired allocs.
+    /// Makes the executor run exactly the desired allocs. Unwanted ones
+    /// are signalled first: a preempted task gets its SIGTERM before the
+    /// task that replaces it starts.
     pub fn reconcile(&self, desired: &[Assignment]) {
         let wanted: BTreeSet<&AllocId> = desired.iter().map(|a| &a.alloc).collect();
+        let running = lock(&self.executor).running();
+        for (alloc, _) in running {
+            if !wanted.contains(&alloc) && !lock(&self.shared).stopping.contains(&alloc) {
+                tracing::info!(alloc = %alloc, "no longer wanted here; stopping");
+                self.stop(&alloc);
+            }
+        }
         for a in desired {
             let spec = LaunchSpec {
                 alloc: a.alloc.clone(),
@@ -265,13 +275,6 @@ impl Agent {
                         Some(e.to_string()),
                     );
                 }
-            }
-        }
-        let running = lock(&self.executor).running();
-        for (alloc, _) in running {
-            if !wanted.contains(&alloc) && !lock(&self.shared).stopping.contains(&alloc) {
-                tracing::info!(alloc = %alloc, "no longer wanted here; stopping");
-                self.stop(&alloc);
             }
         }
     }
@@ -392,6 +395,14 @@ impl Agent {
         for (index, ratio) in probe.gpu_utilization() {
             self.metrics.set_gpu_utilization(index, ratio);
         }
+        // Without NVML the GPUs are the configured fakes: they never do any
+        // work, and a 0 says so (rather than no series at all).
+        if !probe.has_nvml() {
+            for gpu in &self.settings.resources.gpus {
+                self.metrics.set_gpu_utilization(gpu.index, 0.0);
+            }
+        }
+        self.metrics.set_usage(&usage);
         self.metrics
             .set_alloc_states([(AllocState::Running, running.len())]);
         usage

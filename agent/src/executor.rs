@@ -333,13 +333,15 @@ impl Executor {
         }
         match self.start_shim(&spec, &dir) {
             Ok(id) => {
+                // Not saved here: `state.json` is a cache of the alloc dirs
+                // (LocalState::load merges them in), and an fsync per launch
+                // capped a node at a few dozen launches a second.
                 self.state.insert(AllocRecord {
                     alloc: spec.alloc.clone(),
                     shim: Some(id),
                     status: AllocStatus::Running,
                     reported: false,
                 });
-                self.state.save()?;
                 Ok(Launch {
                     alloc: spec.alloc,
                     shim_pid: u32::try_from(id.pid).ok(),
@@ -401,7 +403,7 @@ impl Executor {
             cgroup: self.cgroup_plan(spec),
         };
         let launch_path = dir.join(LAUNCH_FILE);
-        write_json(&launch_path, &plan).map_err(io_err("cannot write", &launch_path))?;
+        write_json_unsynced(&launch_path, &plan).map_err(io_err("cannot write", &launch_path))?;
 
         let log_path = dir.join(SHIM_LOG);
         let log = File::create(&log_path).map_err(io_err("cannot create", &log_path))?;
@@ -437,7 +439,7 @@ impl Executor {
         let id = ShimIdentity { pid, start_time };
         self.live.entry(spec.alloc.clone()).or_default().child = Some(child);
         let shim_path = dir.join(SHIM_FILE);
-        write_json(&shim_path, &id).map_err(io_err("cannot write", &shim_path))?;
+        write_json_unsynced(&shim_path, &id).map_err(io_err("cannot write", &shim_path))?;
         Ok(id)
     }
 
@@ -680,6 +682,18 @@ fn signal_shim(shim: &ShimIdentity, sig: Signal) {
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::from)?;
     write_atomic(path, &bytes)
+}
+
+/// Atomic (write, then rename) but not fsynced: for files that only matter
+/// while this machine stays up. `launch.json` is read by the shim at once;
+/// `shim.json` identifies a shim process, and after an OS crash there is no
+/// process left to identify (`exit.json`, which must survive, is synced).
+fn write_json_unsynced<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io::Error::from)?;
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    fs::write(&tmp, &bytes)?;
+    fs::rename(&tmp, path)
 }
 
 fn validate(spec: &LaunchSpec) -> Result<(), ExecError> {

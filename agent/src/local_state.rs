@@ -190,8 +190,13 @@ impl LocalState {
                 Err(reason) => (BTreeMap::new(), LoadOutcome::Recovered { reason }),
             },
         };
+        // Reported allocs are done with: leaving them out keeps the state
+        // (and every save of it) the size of what is live. A later launch
+        // of one still finds its dir and refuses to run it again.
         for rec in scan_alloc_dirs(data_dir)? {
-            records.entry(rec.alloc.clone()).or_insert(rec);
+            if !rec.reported {
+                records.entry(rec.alloc.clone()).or_insert(rec);
+            }
         }
         Ok((
             LocalState {

@@ -3,9 +3,16 @@
 //! Per-alloc series (`{alloc="<job>/<index>/<attempt>"}`) exist while the
 //! alloc runs on this node: call [`AgentMetrics::remove_alloc`] when it ends,
 //! so a node's series stay bounded by what it runs.
+//!
+//! The `drover_agent_node_*` gauges describe the whole node, for per-node
+//! dashboards: each agent is its own scrape target, so the target's
+//! `instance` label says which node. `dashboards/METRICS.md` is the catalog.
 
+use drover_api::protocol::{NodeResources, NodeUsage};
 use drover_api::{AllocId, AllocState};
-use prometheus::{CounterVec, Encoder, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    CounterVec, Encoder, Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Debug, Clone)]
 pub struct AgentMetrics {
@@ -18,6 +25,22 @@ pub struct AgentMetrics {
     pub alloc_memory: GaugeVec,
     /// `drover_agent_gpu_utilization{gpu}`: 0..1, by device index.
     pub gpu_utilization: GaugeVec,
+    /// `drover_agent_node_cpu_capacity_cores`: CPUs this node reports.
+    pub node_cpu_capacity: Gauge,
+    /// `drover_agent_node_cpu_usage_cores`: CPUs busy, whoever uses them.
+    pub node_cpu_usage: Gauge,
+    /// `drover_agent_node_memory_capacity_bytes`: memory this node reports.
+    pub node_memory_capacity: Gauge,
+    /// `drover_agent_node_memory_used_bytes`: memory in use on the node.
+    pub node_memory_used: Gauge,
+    /// `drover_agent_node_gpus`: GPUs this node reports.
+    pub node_gpus: IntGauge,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("once");
+    g
 }
 
 impl Default for AgentMetrics {
@@ -63,16 +86,55 @@ impl AgentMetrics {
         )
         .expect("static metric definition");
         r.register(Box::new(gpu_utilization.clone())).expect("once");
+        let node_gpus = IntGauge::new("drover_agent_node_gpus", "GPUs this node reports")
+            .expect("static metric definition");
+        r.register(Box::new(node_gpus.clone())).expect("once");
         for state in AllocState::ALL.iter() {
             allocs.with_label_values(&[state.name()]).set(0);
         }
         AgentMetrics {
-            registry: r,
             allocs,
             alloc_cpu_seconds,
             alloc_memory,
             gpu_utilization,
+            node_cpu_capacity: gauge(
+                &r,
+                "drover_agent_node_cpu_capacity_cores",
+                "CPUs this node reports to the master, in cores",
+            ),
+            node_cpu_usage: gauge(
+                &r,
+                "drover_agent_node_cpu_usage_cores",
+                "CPUs busy on this node over the last sample period (tasks and everything else), in cores",
+            ),
+            node_memory_capacity: gauge(
+                &r,
+                "drover_agent_node_memory_capacity_bytes",
+                "Memory this node reports to the master, in bytes",
+            ),
+            node_memory_used: gauge(
+                &r,
+                "drover_agent_node_memory_used_bytes",
+                "Memory in use on this node (tasks and everything else), in bytes",
+            ),
+            node_gpus,
+            registry: r,
         }
+    }
+
+    /// Sets the node's capacity gauges from what it reports to the master.
+    pub fn set_capacity(&self, resources: &NodeResources) {
+        self.node_cpu_capacity
+            .set(resources.cpu_millis as f64 / 1000.0);
+        self.node_memory_capacity.set(resources.memory_bytes as f64);
+        self.node_gpus
+            .set(i64::try_from(resources.gpus.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the node's usage gauges from a measurement.
+    pub fn set_usage(&self, usage: &NodeUsage) {
+        self.node_cpu_usage.set(usage.cpu_millis as f64 / 1000.0);
+        self.node_memory_used.set(usage.memory_bytes as f64);
     }
 
     /// Sets `drover_agent_allocs` from a count per state; states not given
@@ -187,6 +249,43 @@ mod tests {
             line(&text, "drover_agent_gpu_utilization{"),
             Some("drover_agent_gpu_utilization{gpu=\"0\"} 0.75")
         );
+    }
+
+    #[test]
+    fn node_gauges_show_capacity_and_usage_in_base_units() {
+        use drover_api::protocol::GpuDevice;
+        let m = AgentMetrics::new();
+        let gpu = |index| GpuDevice {
+            index,
+            uuid: format!("FAKE-{index}"),
+            model: "Fake".into(),
+            memory_bytes: 1 << 30,
+        };
+        m.set_capacity(&NodeResources {
+            cpu_millis: 4500,
+            memory_bytes: 8 << 30,
+            gpus: vec![gpu(0), gpu(1)],
+        });
+        m.set_usage(&NodeUsage {
+            cpu_millis: 1250,
+            memory_bytes: 3 << 30,
+            allocs: Default::default(),
+        });
+        let text = m.render();
+        for (family, value) in [
+            ("drover_agent_node_cpu_capacity_cores", "4.5"),
+            ("drover_agent_node_cpu_usage_cores", "1.25"),
+            ("drover_agent_node_memory_capacity_bytes", "8589934592"),
+            ("drover_agent_node_memory_used_bytes", "3221225472"),
+            ("drover_agent_node_gpus", "2"),
+        ] {
+            assert_eq!(
+                line(&text, &format!("{family} ")),
+                Some(format!("{family} {value}").as_str()),
+                "{text}"
+            );
+            assert!(text.contains(&format!("# HELP {family} ")), "{text}");
+        }
     }
 
     #[test]

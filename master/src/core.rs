@@ -9,7 +9,7 @@ use drover_api::protocol::{
     task_env, AllocUpdate, Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
     RegisterResponse,
 };
-use drover_api::{AllocId, JobId, NodeId, PolicyKind, TaskId};
+use drover_api::{AllocId, JobId, NodeId, PolicyKind, TaskId, TaskState};
 use scheduler_policies::{registry, ClusterView, Decision, Demand, Policy, TaskRequest};
 use tokio::sync::{watch, Mutex, MutexGuard, Notify};
 use tokio::time::Instant;
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::lifecycle::{self, KillCause};
 use crate::metrics::Metrics;
-use crate::model::{Drain, NodeLive, NodeRecord};
+use crate::model::{Drain, NodeLive, NodeRecord, TaskRecord};
 use crate::state::{Changes, Cluster, Txn};
 use crate::store::{Store, StoreError};
 use crate::view::{build_view, demand_of, task_request};
@@ -385,17 +385,22 @@ impl Master {
             });
         };
         let was_down = node.down;
-        let (changes, ended) = {
+        let (changes, applied) = {
             let mut txn = Txn::new(&cluster);
             if was_down {
                 if let Some(n) = txn.node_mut(&req.node_id) {
                     n.down = false;
                 }
             }
-            let ended = apply_reports(&mut txn, &req.node_id, &req.updates, now_ms);
-            (txn.into_changes(), ended)
+            let applied = apply_reports(&mut txn, &req.node_id, &req.updates, now_ms);
+            (txn.into_changes(), applied)
         };
         self.commit(&mut cluster, changes).await?;
+        self.metrics
+            .reschedules
+            .with_label_values(&["restart"])
+            .inc_by(applied.restarted);
+        let ended = applied.ended;
         self.seen(&req.node_id, &mut cluster);
         if let Some(live) = cluster.live.get_mut(&req.node_id) {
             live.usage_cpu_millis = req.usage.cpu_millis;
@@ -614,16 +619,44 @@ impl Master {
     }
 }
 
-fn apply_reports(txn: &mut Txn<'_>, node: &NodeId, updates: &[AllocUpdate], now_ms: u64) -> bool {
-    let mut ended = false;
+/// What a heartbeat's reports did.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Some alloc ended: its resources are free for the scheduler.
+    ended: bool,
+    /// Tasks whose attempt ended and that their restart policy requeued.
+    restarted: u64,
+}
+
+fn apply_reports(
+    txn: &mut Txn<'_>,
+    node: &NodeId,
+    updates: &[AllocUpdate],
+    now_ms: u64,
+) -> Applied {
+    let mut applied = Applied::default();
     for u in updates {
+        // Only the task's latest attempt moves the task; a task pending
+        // after that attempt ended was requeued by its restart policy.
+        let latest = txn
+            .task(&u.alloc.task)
+            .and_then(TaskRecord::latest_alloc)
+            .is_some_and(|a| a == u.alloc);
         if lifecycle::report(txn, node, u, now_ms) {
-            ended |= u.state.is_terminal();
+            applied.ended |= u.state.is_terminal();
+            if latest
+                && u.state.is_terminal()
+                && txn
+                    .task(&u.alloc.task)
+                    .is_some_and(|t| t.state == TaskState::Pending)
+            {
+                applied.restarted += 1;
+            }
         } else {
             tracing::debug!(node = %node, alloc = %u.alloc, state = %u.state, "ignored report about an alloc that is not live here");
         }
     }
-    ended
+    applied
 }
 
 /// A node id from the hostname, made unique.

@@ -2,6 +2,9 @@
 //! things happen; gauges that describe the cluster (nodes, jobs, tasks,
 //! capacity, queue depth) are computed from the cluster at scrape time, so
 //! they cannot drift. No per-task or per-job labels.
+//!
+//! `dashboards/METRICS.md` is the catalog of these and the agent's metrics;
+//! the `drover-monitoring` tests hold the two to each other.
 
 use prometheus::{
     CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -65,6 +68,11 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
+/// The `reason` values of `drover_task_reschedules_total`: `restart` (the
+/// task's own attempt ended and its restart policy runs it again), `lost`
+/// (its node went down), `preempted`, `drained`.
+pub const RESCHEDULE_REASONS: [&str; 4] = ["restart", "lost", "preempted", "drained"];
+
 /// 0.5 ms .. ~30 s.
 fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.0005, 2.0, 17).expect("valid buckets")
@@ -76,14 +84,20 @@ impl Metrics {
         let queue_depth =
             Gauge::new("drover_queue_depth", "Tasks waiting to be placed").expect("static");
         r.register(Box::new(queue_depth.clone())).expect("once");
-        let is_leader =
-            Gauge::new("drover_is_leader", "1 if this master is the leader").expect("static");
+        let is_leader = Gauge::new("drover_is_leader", "1 if this master is the leader, else 0")
+            .expect("static");
         r.register(Box::new(is_leader.clone())).expect("once");
-        let preemptions =
-            IntCounter::new("drover_preemptions_total", "Allocations preempted").expect("static");
+        let preemptions = IntCounter::new(
+            "drover_preemptions_total",
+            "Allocations evicted for higher-priority tasks",
+        )
+        .expect("static");
         r.register(Box::new(preemptions.clone())).expect("once");
-        let node_failures =
-            IntCounter::new("drover_node_failures_total", "Nodes declared down").expect("static");
+        let node_failures = IntCounter::new(
+            "drover_node_failures_total",
+            "Nodes declared down (no heartbeat within node_timeout)",
+        )
+        .expect("static");
         r.register(Box::new(node_failures.clone())).expect("once");
         let http_requests = CounterVec::new(
             Opts::new(
@@ -94,7 +108,7 @@ impl Metrics {
         )
         .expect("static");
         r.register(Box::new(http_requests.clone())).expect("once");
-        Metrics {
+        let m = Metrics {
             nodes: gauge_vec(&r, "drover_nodes", "Nodes by state", "state"),
             jobs: gauge_vec(&r, "drover_jobs", "Jobs by state", "state"),
             tasks: gauge_vec(&r, "drover_tasks", "Tasks by state", "state"),
@@ -115,13 +129,13 @@ impl Metrics {
             scheduling_latency: histogram(
                 &r,
                 "drover_scheduling_latency_seconds",
-                "Time from a task becoming pending to its placement",
+                "Time from a task becoming pending (submitted, requeued, or due again after a restart delay) to its placement, in seconds",
                 latency_buckets(),
             ),
             pass_duration: histogram(
                 &r,
                 "drover_schedule_pass_duration_seconds",
-                "Duration of one scheduling pass",
+                "Duration of one scheduling pass, in seconds",
                 latency_buckets(),
             ),
             placements: counter_vec(&r, "drover_placements_total", "Tasks placed, by policy", &["policy"]),
@@ -129,7 +143,7 @@ impl Metrics {
             reschedules: counter_vec(
                 &r,
                 "drover_task_reschedules_total",
-                "Tasks requeued for another attempt, by reason",
+                "Tasks requeued for another attempt, by reason (restart, lost, preempted, drained)",
                 &["reason"],
             ),
             node_failures,
@@ -137,19 +151,28 @@ impl Metrics {
             http_duration: histogram_vec(
                 &r,
                 "drover_http_request_duration_seconds",
-                "HTTP request duration by route",
+                "HTTP request duration by route, in seconds",
                 "route",
                 latency_buckets(),
             ),
             store_op_duration: histogram_vec(
                 &r,
                 "drover_store_op_duration_seconds",
-                "Store operation duration by operation",
+                "Duration of store operations (load, commit), in seconds",
                 "op",
                 latency_buckets(),
             ),
             registry: r,
+        };
+        // Every bounded label value exists from the start at 0, so rates and
+        // alerts see a series before the first event, not a gap.
+        for policy in drover_api::PolicyKind::ALL {
+            m.placements.with_label_values(&[policy.name()]);
         }
+        for reason in RESCHEDULE_REASONS {
+            m.reschedules.with_label_values(&[reason]);
+        }
+        m
     }
 
     /// The Prometheus text exposition.
@@ -164,5 +187,23 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_policy_and_reschedule_reason_is_a_series_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for policy in drover_api::PolicyKind::ALL {
+            let line = format!("drover_placements_total{{policy=\"{}\"}} 0", policy.name());
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        for reason in RESCHEDULE_REASONS {
+            let line = format!("drover_task_reschedules_total{{reason=\"{reason}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 }
