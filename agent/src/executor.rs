@@ -520,7 +520,6 @@ impl Executor {
     pub fn poll(&mut self) -> Vec<Exited> {
         let now = Instant::now();
         let data_dir = self.cfg.data_dir.clone();
-        let mut changed = false;
         let mut out = Vec::new();
         let mut orphaned_cgroups = Vec::new();
         for rec in self.state.records_mut() {
@@ -543,12 +542,18 @@ impl Executor {
                     }
                     None => shim_alive(&shim),
                 };
+                // A live shim is still at work (it writes exit.json, then
+                // cleans up, then exits): only a dead one's file is read, so
+                // a poll costs a waitpid per task, not a file read.
+                if alive {
+                    continue;
+                }
                 // Read exit.json after the liveness check: the shim writes it
                 // before exiting, so a dead shim without it never wrote it.
                 let dir = alloc_dir(&data_dir, &rec.alloc);
-                match (read_exit(&dir), alive) {
-                    (Some(exit), _) => rec.status = AllocStatus::Exited { exit },
-                    (None, false) => {
+                match read_exit(&dir) {
+                    Some(exit) => rec.status = AllocStatus::Exited { exit },
+                    None => {
                         let log = fs::read_to_string(dir.join(SHIM_LOG)).unwrap_or_default();
                         let mut msg = String::from("the shim died without recording the exit");
                         if !log.trim().is_empty() {
@@ -560,9 +565,7 @@ impl Executor {
                         };
                         orphaned_cgroups.push(rec.alloc.clone());
                     }
-                    (None, true) => continue,
                 }
-                changed = true;
                 self.live.remove(&rec.alloc);
             }
             if let AllocStatus::Exited { exit } = &rec.status {
@@ -571,11 +574,8 @@ impl Executor {
                 }
             }
         }
-        if changed {
-            if let Err(e) = self.state.save() {
-                tracing::error!(error = %e, "cannot save the executor state");
-            }
-        }
+        // Not saved: the exit is durable in exit.json (the shim syncs it),
+        // and a restarted agent reads it for every record still "running".
         for alloc in orphaned_cgroups {
             self.remove_cgroups(&alloc);
         }

@@ -228,6 +228,7 @@ pub async fn throughput(client: &Client, tasks: u32) -> anyhow::Result<Throughpu
     );
     let job = JobId::new(name)?;
     let started = Instant::now();
+    let mut last_report = started;
     client.submit(&spec, SpecFormat::Yaml).await?;
     let view = wait_until(
         "the job to finish",
@@ -235,6 +236,14 @@ pub async fn throughput(client: &Client, tasks: u32) -> anyhow::Result<Throughpu
         Duration::from_millis(20),
         async || {
             let j = client.job(&job).await?;
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                eprintln!(
+                    "  {:.0} s: {:?}",
+                    started.elapsed().as_secs_f64(),
+                    j.tasks
+                );
+                last_report = Instant::now();
+            }
             Ok(j.state.is_terminal().then_some(j))
         },
     )

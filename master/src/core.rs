@@ -81,6 +81,8 @@ pub struct Master {
     wake: Notify,
     /// Token bucket for marking nodes down during a mass silence.
     down_budget: std::sync::Mutex<(f64, Instant)>,
+    /// Set when the master begins to shut down: long polls answer at once.
+    closing: watch::Sender<bool>,
 }
 
 impl Master {
@@ -120,6 +122,7 @@ impl Master {
             policies: std::sync::Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             down_budget: std::sync::Mutex::new((0.0, now)),
+            closing: watch::channel(false).0,
             clock,
         }))
     }
@@ -451,10 +454,20 @@ impl Master {
     /// timeout passes; then returns them.
     pub async fn poll(&self, node: &NodeId, known: u64) -> (u64, Vec<Assignment>) {
         let mut rx = self.node_version(node);
-        if *rx.borrow_and_update() == known {
-            let _ = tokio::time::timeout(self.settings.poll_timeout, rx.changed()).await;
+        let mut closing = self.closing.subscribe();
+        if *rx.borrow_and_update() == known && !*closing.borrow_and_update() {
+            tokio::select! {
+                _ = tokio::time::timeout(self.settings.poll_timeout, rx.changed()) => {}
+                _ = closing.changed() => {}
+            }
         }
         self.assignments(node).await
+    }
+
+    /// The master is going away: pending long polls answer now, so that a
+    /// graceful shutdown does not wait out `poll_timeout` on each of them.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
     }
 
     // ---- operators ----

@@ -60,12 +60,21 @@ pub async fn run(
     let liveness = tokio::spawn(Arc::clone(&master).run_liveness(stop_rx));
     tracing::info!(%addr, backend = master.backend(), "master listening");
     let routes = crate::http::routes(Arc::clone(&master), auth, addr);
+    let closing = Arc::clone(&master);
+    let shutdown = async move {
+        shutdown.await;
+        // Liveness first: agents whose heartbeats are no longer served
+        // while requests drain must not be declared down. Then release the
+        // long polls, which would otherwise hold the shutdown for up to
+        // `poll_timeout`.
+        let _ = stop_tx.send(true);
+        closing.begin_shutdown();
+    };
     warp::serve(routes)
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
-    let _ = stop_tx.send(true);
     let _ = scheduler.await;
     let _ = liveness.await;
     tracing::info!("master stopped");

@@ -136,3 +136,58 @@ async fn the_binary_takes_the_readme_job_and_an_agent_receives_it_and_it_survive
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["tasks"]["assigned"], 8, "{body}");
 }
+
+#[tokio::test]
+async fn sigterm_answers_pending_long_polls_and_exits_without_waiting_out_the_poll_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let mut master = start(addr, dir.path()).await;
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/v1/agent/register",
+        "application/json",
+        &serde_json::to_string(&support::register_request("n1", "127.0.0.1:1", vec![])).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let version: u64 = {
+        let (_, body) = http(
+            addr,
+            "POST",
+            "/v1/agent/poll",
+            "application/json",
+            r#"{"node_id":"n1","known_version":0}"#,
+        )
+        .await;
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"]
+            .as_u64()
+            .unwrap()
+    };
+    // A poll at the current version waits (up to the 30 s poll timeout).
+    let body = format!(r#"{{"node_id":"n1","known_version":{version}}}"#);
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (status, _) = http(addr, "POST", "/v1/agent/poll", "application/json", &body).await;
+        (status, started.elapsed())
+    });
+    // Give the poll time to reach the master. If it has not, it is cut off
+    // rather than answered and the test fails: this cannot make it pass.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = std::time::Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &master.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = master.0.wait().unwrap();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let (poll_status, waited) = poll.await.unwrap();
+    assert_eq!(
+        poll_status, 200,
+        "the pending poll is answered, not cut off"
+    );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+}
