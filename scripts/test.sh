@@ -26,6 +26,10 @@ cargo test -p drover-master --bench submit --locked
 step "build every binary (the e2e and CLI tests run the real ones)"
 cargo build --workspace --bins --locked
 
+step "release build + Debian package (checked by packaging/tests/deb.rs)"
+DROVER_DEB="$(./scripts/build-deb.sh --fast)"
+export DROVER_DEB
+
 step "tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -63,11 +63,28 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .await
         .context("starting the agent")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // The log server is listening, earlier tasks are re-attached and the
+    // register / poll / heartbeat loop is running (registering is that
+    // loop's job: it retries until a master answers, so waiting for it here
+    // would hold `systemctl start` for as long as the masters are down).
+    notify_systemd(sd_notify::NotifyState::Ready);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     tracing::info!("agent stopping; tasks keep running under their shims");
+    notify_systemd(sd_notify::NotifyState::Stopping);
     running.stop().await;
     Ok(())
+}
+
+/// Tells systemd about a state change (the unit is `Type=notify`). Without
+/// `NOTIFY_SOCKET` (not started by systemd) this does nothing; a failure to
+/// send is logged, not fatal. The shims inherit `NOTIFY_SOCKET` but systemd
+/// takes notifications from the main process only (`NotifyAccess=main`),
+/// and tasks start with a cleared environment.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }

@@ -237,11 +237,7 @@ pub async fn throughput(client: &Client, tasks: u32) -> anyhow::Result<Throughpu
         async || {
             let j = client.job(&job).await?;
             if last_report.elapsed() >= Duration::from_secs(5) {
-                eprintln!(
-                    "  {:.0} s: {:?}",
-                    started.elapsed().as_secs_f64(),
-                    j.tasks
-                );
+                eprintln!("  {:.0} s: {:?}", started.elapsed().as_secs_f64(), j.tasks);
                 last_report = Instant::now();
             }
             Ok(j.state.is_terminal().then_some(j))

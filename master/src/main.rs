@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Parser;
 use drover_api::PolicyKind;
 use drover_master::auth::Auth;
 use drover_master::clock::Clock;
 use drover_master::config::{LogFormat, MasterConfig, Overrides, StoreBackend};
 use drover_master::core::{Master, Settings};
-use drover_master::store::EmbeddedStore;
+use drover_master::store::{EmbeddedStore, EtcdStore, Store};
 
 /// The Drover master: REST API, scheduler and liveness for a cluster.
 #[derive(Debug, Parser)]
@@ -60,34 +60,78 @@ async fn main() -> anyhow::Result<()> {
     }
     let tokens = config.resolve_tokens()?;
     let auth = Arc::new(Auth::new(tokens));
-    let store = match config.store.backend {
+    // With etcd, a master first waits to be elected: until then it does not
+    // listen, so agents and clients (given every master's address) fail
+    // over to the one that leads. Its writes are fenced on the leadership,
+    // and losing it ends the process (systemd restarts it as a candidate).
+    let mut leadership = None;
+    let store: Arc<dyn Store> = match config.store.backend {
         StoreBackend::Embedded => {
             let dir = config.data_dir.clone();
-            tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
-                .await
-                .context("opening the embedded store")??
+            Arc::new(
+                tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                    .await
+                    .context("opening the embedded store")??,
+            )
         }
         StoreBackend::Etcd => {
-            bail!("store.backend: etcd is not supported by this build yet; use embedded")
+            let etcd = EtcdStore::from_config(&config.store.etcd)
+                .await
+                .context("connecting to etcd")?;
+            let me = config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.listen.to_string());
+            tracing::info!(candidate = %me, "campaigning for leadership");
+            let lead = etcd
+                .campaign(&me, config.store.etcd.lease_ttl)
+                .await
+                .context("campaigning for leadership in etcd")?;
+            tracing::info!(candidate = %me, "elected leader");
+            let fenced = etcd.fenced(&lead);
+            leadership = Some(lead);
+            Arc::new(fenced)
         }
     };
-    let master = Master::open(
-        Settings::from_config(&config),
-        Arc::new(store),
-        Clock::system(),
-    )
-    .await?;
+    let master = Master::open(Settings::from_config(&config), store, Clock::system()).await?;
     let listener = drover_master::server::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {
+        let lost = async {
+            match &leadership {
+                Some(l) => l.lost().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
+            _ = lost => {
+                tracing::error!("leadership lost: stopping at once; another master takes over");
+                std::process::exit(1);
+            }
         }
         tracing::info!("shutting down");
+        // In-flight requests and the loops still finish after this; systemd
+        // shows the unit as deactivating meanwhile instead of active.
+        notify_systemd(sd_notify::NotifyState::Stopping);
     };
+    // The socket is listening (connections queue in the kernel from here on)
+    // and the store is open: a `Type=notify` unit's dependents, and
+    // `systemctl start`, may go on. Sent before `run` only because `run`
+    // does not return until shutdown.
+    notify_systemd(sd_notify::NotifyState::Ready);
     drover_master::server::run(master, auth, listener, shutdown).await;
     Ok(())
+}
+
+/// Tells systemd about a state change (the unit is `Type=notify`). Without
+/// `NOTIFY_SOCKET` (not started by systemd) this does nothing; a failure to
+/// send is logged, not fatal: the master works the same without systemd.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }

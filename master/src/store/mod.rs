@@ -1,6 +1,6 @@
 //! Persistence (DESIGN §7). The master keeps the whole cluster in memory and
 //! commits every state transition here before it acknowledges it. One trait,
-//! two backends (embedded redb here; etcd in its own module later), one
+//! two backends (embedded redb, and etcd), one
 //! conformance suite that both must pass.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,9 @@ use serde::Serialize;
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 
 /// One write in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests. Each test crate uses a part.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod http;
 
 use drover_api::protocol::{NodeResources, RegisterRequest, PROTOCOL_VERSION};

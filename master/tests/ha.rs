@@ -1,0 +1,107 @@
+//! Two real `drover-master` binaries on one real etcd (DESIGN §7): one is
+//! elected and serves; the other waits, not listening. When the leader is
+//! killed with `kill -9`, the other takes office after the lease expires,
+//! with every job the first one acknowledged.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+mod support;
+use support::etcd::Etcd;
+use support::http::http;
+
+struct MasterProcess(Child);
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn start_master(
+    dir: &std::path::Path,
+    name: &str,
+    etcd: &str,
+    listen: SocketAddr,
+) -> MasterProcess {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {listen}\ndata_dir: {}\nstore:\n  backend: etcd\n  etcd:\n    endpoints: [{etcd}]\n    prefix: /ha-test/\n    lease_ttl: 2s\n",
+            dir.join(name).display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_drover-master"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    MasterProcess(child)
+}
+
+/// Polls `addr` until it answers `/healthz`, for at most `within`.
+async fn serving_within(addr: SocketAddr, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http(addr, "GET", "/healthz", "text/plain", "").await.0 == 200
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_standby_master_takes_over_with_every_acknowledged_job_when_the_leader_is_killed() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a_addr, b_addr) = (free_port(), free_port());
+    let mut a = start_master(dir.path(), "a", &etcd.endpoint(), a_addr);
+    serving_within(a_addr, Duration::from_secs(15))
+        .await
+        .expect("the first master is elected and serves");
+    let _b = start_master(dir.path(), "b", &etcd.endpoint(), b_addr);
+
+    for i in 0..20 {
+        let spec = format!("name: job-{i}\ncommand: [/bin/true]\n");
+        let (status, body) = http(a_addr, "POST", "/v1/jobs", "application/yaml", &spec).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // The standby is not serving while the leader lives.
+    assert!(
+        serving_within(b_addr, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the standby answers while the leader lives"
+    );
+
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let took = serving_within(b_addr, Duration::from_secs(15))
+        .await
+        .expect("the standby takes office");
+    eprintln!("the standby took office {took:?} after the leader was killed");
+    // Lease TTL 2 s, plus a second to load and listen.
+    assert!(took < Duration::from_secs(3), "took office after {took:?}");
+    let (status, body) = http(b_addr, "GET", "/v1/jobs", "text/plain", "").await;
+    assert_eq!(status, 200, "{body}");
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(jobs.len(), 20, "{body}");
+    let (status, body) = http(b_addr, "GET", "/v1/cluster", "text/plain", "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"store_backend\":\"etcd\""), "{body}");
+}
