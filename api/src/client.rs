@@ -27,6 +27,9 @@ use crate::views::{
 };
 use crate::{AllocId, JobId, JobState, NodeId, TaskId};
 
+/// Bodies above this size may meet a master's `api.max_body` limit.
+const LARGE_BODY: usize = 1 << 20;
+
 /// How long an ordinary call may take, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -501,13 +504,23 @@ impl Client {
             }
             None => Bytes::new(),
         };
+        let len = body.len();
         let request = builder
             .body(Full::new(body))
             .map_err(|e| format!("bad request: {e}"))?;
-        sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())
+        sender.send_request(request).await.map_err(|e| {
+            // A master refuses a body over its limit from the
+            // Content-Length alone and closes the connection, which the
+            // client may see as a failed write rather than the 413.
+            if len > LARGE_BODY {
+                format!(
+                    "{e} (the master may have refused this {len}-byte body as too large: \
+                     see api.max_body in its config)"
+                )
+            } else {
+                e.to_string()
+            }
+        })
     }
 }
 
