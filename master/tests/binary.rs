@@ -3,12 +3,13 @@
 //! protocol receives the assignment; after `kill -9` and a restart the job
 //! is still there. Stopped by its own PID.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod support;
 use support::http::http;
+use support::{free_port, MasterProcess};
 
 /// The job spec from the README (and DESIGN §5).
 const README_JOB: &str = r#"name: render
@@ -22,21 +23,6 @@ resources: { cpu: 500m, memory: 256Mi, gpu: 1 }
 constraints: { labels: { zone: a }, gpu_model: "H100" }
 restart: { attempts: 3, delay: 1s, backoff: 2.0 }
 "#;
-
-struct MasterProcess(Child);
-
-impl Drop for MasterProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    // The port is free when we drop the listener; the master binds it right after.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 async fn start(addr: SocketAddr, data_dir: &std::path::Path) -> MasterProcess {
     let child = Command::new(env!("CARGO_BIN_EXE_drover-master"))

@@ -3,27 +3,14 @@
 //! killed with `kill -9`, the other takes office after the lease expires,
 //! with every job the first one acknowledged.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
 use support::etcd::Etcd;
 use support::http::http;
-
-struct MasterProcess(Child);
-
-impl Drop for MasterProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
+use support::{free_port, MasterProcess};
 
 fn start_master(
     dir: &std::path::Path,

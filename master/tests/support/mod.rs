@@ -26,3 +26,22 @@ pub fn register_request(id: &str, log_addr: &str, running_allocs: Vec<AllocId>) 
         running_allocs,
     }
 }
+
+/// A child process (a real `drover-master`) killed and reaped when dropped.
+#[derive(Debug)]
+pub struct MasterProcess(pub std::process::Child);
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback address whose port is free now; the master binds it right
+/// after (a race with another process is possible and makes the test fail
+/// loudly, never pass wrongly).
+pub fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("its address")
+}
