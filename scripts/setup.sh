@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# Installs what building and testing Drover needs on a Debian machine with
-# Rust, skipping whatever is already there. Safe to run again.
+# Installs what building Drover needs on a Debian machine with Rust, and with
+# --tests also what its test suite needs (scripts/test.sh passes it),
+# skipping whatever is already there. Safe to run again.
+#
+#   scripts/setup.sh           build: protoc and protobuf's .proto files, a C compiler
+#   scripts/setup.sh --tests   + etcd, Prometheus, systemd tools, dpkg-dev,
+#                                cargo-nextest, cargo-deb, rustfmt, clippy
 set -euo pipefail
+
+tests=false
+case "${1:-}" in
+    "") ;;
+    --tests) tests=true ;;
+    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+esac
 
 need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)  # etcd-client's build
 # etcd-client's build imports protobuf's well-known types (descriptor.proto).
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
-# The etcd store tests run a real etcd server (/usr/bin/etcd).
-[ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 command -v cc >/dev/null || need_apt+=(build-essential)
-# The monitoring tests: promtool, and a real Prometheus scraping drover dev.
-command -v promtool >/dev/null || need_apt+=(prometheus)
-# The packaging tests: systemd-analyze and systemd-sysusers on the units,
-# dpkg-shlibdeps for the .deb's Depends.
-command -v systemd-analyze >/dev/null || need_apt+=(systemd)
-command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
+if $tests; then
+    # The etcd store and HA tests run a real etcd server (/usr/bin/etcd).
+    [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
+    # The monitoring tests: promtool, and a real Prometheus scraping drover dev.
+    command -v promtool >/dev/null || need_apt+=(prometheus)
+    # The packaging tests: systemd-analyze and systemd-sysusers on the units,
+    # dpkg-shlibdeps for the .deb's Depends.
+    command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+    command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
+fi
 
 if ((${#need_apt[@]})); then
     sudo=""
@@ -24,6 +38,8 @@ if ((${#need_apt[@]})); then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+
+$tests || exit 0
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> installing cargo-nextest"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-"$(dirname "$0")/setup.sh"
+"$(dirname "$0")/setup.sh" --tests
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -23,7 +23,7 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     bail!(
-        "`{name}` is not installed: run scripts/setup.sh (it installs the Debian package \
+        "`{name}` is not installed: run scripts/setup.sh --tests (it installs the Debian package \
          `prometheus`, which brings `prometheus` and `promtool`)"
     )
 }

@@ -4,7 +4,7 @@
 //!
 //! The checks run the real system tools (`systemd-analyze`,
 //! `systemd-sysusers`, `dpkg-deb`). A missing tool fails the test with a
-//! hint, never skips it: `scripts/setup.sh` installs them, and CI runs it.
+//! hint, never skips it: `scripts/setup.sh --tests` installs them, and CI runs it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,14 +40,14 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// Runs `cmd`, failing the test if the program cannot be started (not
-/// installed) with a hint to run `scripts/setup.sh`. The caller checks the
+/// installed) with a hint to run `scripts/setup.sh --tests`. The caller checks the
 /// exit status: some checks expect a failure.
 pub fn run(cmd: &mut Command) -> Output {
     let program = cmd.get_program().to_string_lossy().into_owned();
     match cmd.output() {
         Ok(out) => out,
         Err(e) => panic!(
-            "could not run {program}: {e}. It is installed by scripts/setup.sh \
+            "could not run {program}: {e}. It is installed by scripts/setup.sh --tests \
              (Debian packages systemd and dpkg); run that first"
         ),
     }

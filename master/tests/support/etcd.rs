@@ -69,7 +69,7 @@ impl Etcd {
         assert!(
             Path::new(ETCD_BIN).is_file(),
             "{ETCD_BIN} is missing: the etcd store tests run a real etcd; \
-             run scripts/setup.sh (it installs the etcd-server package)"
+             run scripts/setup.sh --tests (it installs the etcd-server package)"
         );
         let etcd = Etcd {
             dir: tempfile::tempdir().expect("create a temp dir for etcd"),
