@@ -161,11 +161,7 @@ async fn sigterm_answers_pending_long_polls_and_exits_without_waiting_out_the_po
     // rather than answered and the test fails: this cannot make it pass.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stopping = std::time::Instant::now();
-    let sent = Command::new("kill")
-        .args(["-TERM", &master.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    master.signal("-TERM");
     let status = master.0.wait().unwrap();
     let took = stopping.elapsed();
     assert!(status.success(), "{status}");

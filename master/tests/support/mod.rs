@@ -31,6 +31,17 @@ pub fn register_request(id: &str, log_addr: &str, running_allocs: Vec<AllocId>) 
 #[derive(Debug)]
 pub struct MasterProcess(pub std::process::Child);
 
+impl MasterProcess {
+    /// Sends `sig` (`-TERM`, `-STOP`, `-CONT`…) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {sig}");
+    }
+}
+
 impl Drop for MasterProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
