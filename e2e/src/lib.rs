@@ -37,6 +37,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+pub mod etcd;
+
+use etcd::Etcd;
+
 /// Heartbeat interval of test masters: short, so that failures are seen fast.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 /// `node_timeout` of clusters built with
@@ -421,6 +425,11 @@ impl MasterProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Whether the process has exited (or was killed).
+    pub fn exited(&self) -> bool {
+        !pid_alive(self.child.id() as i32)
+    }
 }
 
 impl Drop for MasterProc {
@@ -465,14 +474,16 @@ impl AgentProc {
         self.child.as_ref().map(Child::id)
     }
 
-    fn spawn(&mut self, master: SocketAddr, kill_grace: Duration) {
+    fn spawn(&mut self, masters: &[SocketAddr], kill_grace: Duration) {
+        let masters: Vec<String> = masters.iter().map(|m| format!("\"{m}\"")).collect();
         let config = format!(
-            "masters: [\"{master}\"]\n\
+            "masters: [{masters}]\n\
              node_id: {node}\n\
              data_dir: {data}\n\
              log_listen: 127.0.0.1:0\n\
              labels: {{ slot: {node} }}\n\
              kill_grace: {grace}ms\n",
+            masters = masters.join(", "),
             node = self.node,
             data = serde_json::Value::from(self.data_dir().display().to_string()),
             grace = kill_grace.as_millis(),
@@ -546,6 +557,8 @@ pub struct ClusterBuilder {
     suspect_after_missed: u32,
     default_policy: &'static str,
     kill_grace: Duration,
+    /// Masters on a private etcd (0: one master on the embedded store).
+    etcd_masters: usize,
 }
 
 impl ClusterBuilder {
@@ -570,6 +583,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// `n` masters on a private etcd (leader lease [`LEASE_TTL`]) instead
+    /// of one on the embedded store. Agents and the client are given every
+    /// master's address.
+    pub fn etcd_masters(mut self, n: usize) -> Self {
+        self.etcd_masters = n;
+        self
+    }
+
     /// Starts the master, then the agents, and returns once every agent is
     /// registered and ready.
     pub async fn start(self) -> Cluster {
@@ -582,25 +603,44 @@ impl ClusterBuilder {
         make_dir(root.path(), 0o755);
         let scratch = root.path().join("scratch");
         make_dir(&scratch, 0o777);
-        let master_dir = root.path().join("master");
-        make_dir(&master_dir, 0o755);
-        let config = format!(
-            "listen: 127.0.0.1:0\n\
-             data_dir: {data}\n\
-             scheduler: {{ default_policy: {policy}, pass_interval: 250ms }}\n\
-             liveness: {{ heartbeat_interval: {hb}ms, node_timeout: {timeout}ms, suspect_after_missed: {suspect} }}\n\
-             log: {{ level: info, format: json }}\n",
-            data = serde_json::Value::from(master_dir.join("data").display().to_string()),
-            policy = self.default_policy,
-            hb = HEARTBEAT_INTERVAL.as_millis(),
-            timeout = self.node_timeout.as_millis(),
-            suspect = self.suspect_after_missed,
-        );
-        let master = MasterProc::start(&master_dir, &config);
-        let client = Client::new(vec![master.addr().to_string()], None)
-            .with_timeout(Duration::from_secs(10));
+        let etcd = (self.etcd_masters > 0).then(Etcd::start);
+        let store = match &etcd {
+            Some(etcd) => format!(
+                "store: {{ backend: etcd, etcd: {{ endpoints: [\"{}\"], lease_ttl: {}s }} }}\n",
+                etcd.endpoint(),
+                LEASE_TTL.as_secs()
+            ),
+            None => String::new(),
+        };
+        let mut masters = Vec::new();
+        for i in 1..=self.etcd_masters.max(1) {
+            let name = if etcd.is_some() {
+                format!("master-{i}")
+            } else {
+                "master".to_string()
+            };
+            let master_dir = root.path().join(name);
+            make_dir(&master_dir, 0o755);
+            let config = format!(
+                "listen: 127.0.0.1:0\n\
+                 data_dir: {data}\n\
+                 {store}\
+                 scheduler: {{ default_policy: {policy}, pass_interval: 250ms }}\n\
+                 liveness: {{ heartbeat_interval: {hb}ms, node_timeout: {timeout}ms, suspect_after_missed: {suspect} }}\n\
+                 log: {{ level: info, format: json }}\n",
+                data = serde_json::Value::from(master_dir.join("data").display().to_string()),
+                policy = self.default_policy,
+                hb = HEARTBEAT_INTERVAL.as_millis(),
+                timeout = self.node_timeout.as_millis(),
+                suspect = self.suspect_after_missed,
+            );
+            masters.push(MasterProc::start(&master_dir, &config));
+        }
+        let addrs: Vec<String> = masters.iter().map(|m| m.addr().to_string()).collect();
+        let client = Client::new(addrs, None).with_timeout(Duration::from_secs(10));
         let mut cluster = Cluster {
-            master,
+            masters,
+            etcd,
             agents: Vec::new(),
             client,
             scratch,
@@ -608,6 +648,9 @@ impl ClusterBuilder {
             node_timeout: self.node_timeout,
             root,
         };
+        if cluster.etcd.is_some() {
+            cluster.leader(START_TIMEOUT).await;
+        }
         for i in 1..=self.agents {
             let node = NodeId::new(format!("n{i}")).expect("a valid node id");
             let dir = cluster.root.path().join("agents").join(node.as_str());
@@ -626,10 +669,16 @@ impl ClusterBuilder {
     }
 }
 
-/// A master and its agents, all stopped (with whatever they started) on drop.
+/// The leader lease of clusters built with [`ClusterBuilder::etcd_masters`].
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// A master (or several, on etcd) and its agents, all stopped (with
+/// whatever they started) on drop.
 #[derive(Debug)]
 pub struct Cluster {
-    master: MasterProc,
+    /// One, or [`ClusterBuilder::etcd_masters`]; a killed one stays here.
+    masters: Vec<MasterProc>,
+    etcd: Option<Etcd>,
     agents: Vec<AgentProc>,
     client: Client,
     scratch: PathBuf,
@@ -650,6 +699,7 @@ impl Cluster {
             suspect_after_missed: 20,
             default_policy: "least-loaded",
             kill_grace: Duration::from_millis(500),
+            etcd_masters: 0,
         }
     }
 
@@ -657,8 +707,53 @@ impl Cluster {
         &self.client
     }
 
+    /// The first master (the only one without etcd).
     pub fn master(&self) -> &MasterProc {
-        &self.master
+        &self.masters[0]
+    }
+
+    /// Every master's address, as agents and the client are given them.
+    pub fn master_addrs(&self) -> Vec<String> {
+        self.masters.iter().map(|m| m.addr().to_string()).collect()
+    }
+
+    /// Master `i` (from 0).
+    pub fn master_at(&self, i: usize) -> &MasterProc {
+        &self.masters[i]
+    }
+
+    /// The private etcd of a cluster built with
+    /// [`ClusterBuilder::etcd_masters`].
+    pub fn etcd(&self) -> &Etcd {
+        self.etcd
+            .as_ref()
+            .expect("a cluster built with etcd masters")
+    }
+
+    /// `kill -9` master `i`.
+    pub fn kill_master(&mut self, i: usize) {
+        self.masters[i].kill();
+    }
+
+    /// Which master leads (its `/readyz` answers 200), waiting up to
+    /// `timeout` for one to.
+    pub async fn leader(&self, timeout: Duration) -> usize {
+        eventually("a master to lead", timeout, || async {
+            for (i, m) in self.masters.iter().enumerate() {
+                if m.exited() {
+                    continue;
+                }
+                let ready = Client::new(vec![m.addr().to_string()], None)
+                    .with_timeout(Duration::from_secs(2))
+                    .raw("GET", "/readyz", None)
+                    .await;
+                if matches!(ready, Ok(r) if r.status == 200) {
+                    return Ok(i);
+                }
+            }
+            Err("none ready".to_string())
+        })
+        .await
     }
 
     pub fn node_timeout(&self) -> Duration {
@@ -711,7 +806,8 @@ impl Cluster {
             .node(&node)
             .await
             .map_or(0, |n| n.registered_at_ms);
-        self.agents[i].spawn(self.master.addr(), self.kill_grace);
+        let masters: Vec<SocketAddr> = self.masters.iter().map(MasterProc::addr).collect();
+        self.agents[i].spawn(&masters, self.kill_grace);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(n) = self.client.node(&node).await {
@@ -862,12 +958,17 @@ impl Cluster {
     /// The last lines of every process's log, for a failing test's output.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "--- master (pid {}) ---\n{}",
-            self.master.pid(),
-            tail(&self.master.log, lines)
-        );
+        for (i, m) in self.masters.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "--- master {i} (pid {}) ---\n{}",
+                m.pid(),
+                tail(&m.log, lines)
+            );
+        }
+        if let Some(etcd) = &self.etcd {
+            let _ = writeln!(out, "--- etcd ---\n{}", etcd.log_tail());
+        }
         for a in &self.agents {
             let _ = writeln!(out, "--- agent {} ---\n{}", a.node, tail(&a.log, lines));
         }
@@ -886,7 +987,9 @@ impl Drop for Cluster {
                 self.log_tails(30)
             );
         }
-        self.master.kill();
+        for master in &mut self.masters {
+            master.kill();
+        }
         for agent in &mut self.agents {
             agent.kill();
         }

@@ -94,10 +94,20 @@ impl Master {
         store: Arc<dyn Store>,
         clock: Clock,
     ) -> Result<Arc<Master>, StoreError> {
+        Master::open_with_metrics(settings, store, clock, Metrics::new()).await
+    }
+
+    /// [`Master::open`], counting into `metrics`: a process that leads
+    /// several terms (etcd) keeps one set of series across them.
+    pub async fn open_with_metrics(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> Result<Arc<Master>, StoreError> {
         let started = StdInstant::now();
         let snapshot = store.load().await?;
         let cluster = Cluster::from_snapshot(&snapshot)?;
-        let metrics = Metrics::new();
         metrics
             .store_op_duration
             .with_label_values(&["load"])
@@ -452,7 +462,7 @@ impl Master {
 
     /// Waits until the node's assignments differ from `known`, or the poll
     /// timeout passes; then returns them.
-    pub async fn poll(&self, node: &NodeId, known: u64) -> (u64, Vec<Assignment>) {
+    pub async fn poll(&self, node: &NodeId, known: u64) -> Option<(u64, Vec<Assignment>)> {
         let mut rx = self.node_version(node);
         let mut closing = self.closing.subscribe();
         if *rx.borrow_and_update() == known && !*closing.borrow_and_update() {
@@ -461,11 +471,18 @@ impl Master {
                 _ = closing.changed() => {}
             }
         }
-        self.assignments(node).await
+        // A master whose term is over (stopping, or deposed) must not hand
+        // out what it last knew: another master may already have changed
+        // the node's assignments.
+        if *closing.borrow() {
+            return None;
+        }
+        Some(self.assignments(node).await)
     }
 
-    /// The master is going away: pending long polls answer now, so that a
-    /// graceful shutdown does not wait out `poll_timeout` on each of them.
+    /// The master's term is ending (shutdown, or lost leadership): pending
+    /// long polls answer now, with "ask another master", so that a graceful
+    /// shutdown does not wait out `poll_timeout` on each of them.
     pub fn begin_shutdown(&self) {
         self.closing.send_replace(true);
     }

@@ -26,6 +26,7 @@ use crate::core::{CommitError, Master};
 use crate::lifecycle::{self, Submitted};
 use crate::logs::{self, LogError, LogQuery};
 use crate::model::{AllocRecord, JobRecord, NodeRecord, NodeState, TaskCounts, TaskRecord};
+use crate::role::{Front, Role as ServingRole};
 use crate::state::{Cluster, Txn};
 use crate::view::{build_view, demand_of, task_request};
 
@@ -76,6 +77,19 @@ impl ApiError {
         if !fields.is_empty() {
             e.fields = Some(serde_json::Value::Array(fields));
         }
+        e
+    }
+
+    /// This master does not lead. 503 rather than a redirect: clients and
+    /// agents hold every master's address and move on to the next on a
+    /// 5xx, and a redirect could not carry a request body safely anyway.
+    fn not_leader(leader: Option<&str>) -> Self {
+        let message = match leader {
+            Some(l) => format!("this master is a follower; the leader is {l}"),
+            None => "this master is a follower and no leader is elected yet".to_string(),
+        };
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message);
+        e.retry_after = Some(1);
         e
     }
 
@@ -626,27 +640,40 @@ async fn cluster_summary(master: Arc<Master>, leader: Arc<String>) -> Answer {
     ok(&summarize(&master, &cluster, &leader))
 }
 
-async fn metrics(master: Arc<Master>, leader: Arc<String>) -> Response {
-    let s = {
-        let cluster = master.lock().await;
-        summarize(&master, &cluster, &leader)
-    };
-    let m = &master.metrics;
-    for (state, n) in &s.nodes {
-        m.nodes.with_label_values(&[state]).set(*n as f64);
+async fn metrics(front: Front) -> Response {
+    let m = &front.metrics;
+    match front.role() {
+        ServingRole::Leader(master) => {
+            let s = {
+                let cluster = master.lock().await;
+                summarize(&master, &cluster, &front.advertise)
+            };
+            for (state, n) in &s.nodes {
+                m.nodes.with_label_values(&[state]).set(*n as f64);
+            }
+            for (state, n) in &s.jobs {
+                m.jobs.with_label_values(&[state]).set(*n as f64);
+            }
+            for (state, n) in &s.tasks {
+                m.tasks.with_label_values(&[state]).set(*n as f64);
+            }
+            for (g, a) in [(&m.capacity, &s.capacity), (&m.allocated, &s.allocated)] {
+                g.with_label_values(&["cpu"]).set(a.cpu_millis as f64);
+                g.with_label_values(&["memory"]).set(a.memory_bytes as f64);
+                g.with_label_values(&["gpu"]).set(a.gpus as f64);
+            }
+            m.queue_depth.set(s.queue_depth as f64);
+        }
+        ServingRole::Follower { .. } => {
+            // A follower knows nothing of the cluster: it reports no
+            // cluster gauges rather than the last ones it led with, so a
+            // sum over masters counts the leader's alone.
+            for g in [&m.nodes, &m.jobs, &m.tasks, &m.capacity, &m.allocated] {
+                g.reset();
+            }
+            m.queue_depth.set(0.0);
+        }
     }
-    for (state, n) in &s.jobs {
-        m.jobs.with_label_values(&[state]).set(*n as f64);
-    }
-    for (state, n) in &s.tasks {
-        m.tasks.with_label_values(&[state]).set(*n as f64);
-    }
-    for (g, a) in [(&m.capacity, &s.capacity), (&m.allocated, &s.allocated)] {
-        g.with_label_values(&["cpu"]).set(a.cpu_millis as f64);
-        g.with_label_values(&["memory"]).set(a.memory_bytes as f64);
-        g.with_label_values(&["gpu"]).set(a.gpus as f64);
-    }
-    m.queue_depth.set(s.queue_depth as f64);
     let mut resp = m.render().into_response();
     resp.headers_mut().insert(
         "content-type",
@@ -674,8 +701,18 @@ async fn heartbeat(master: Arc<Master>, req: HeartbeatRequest) -> Answer {
 }
 
 async fn poll(master: Arc<Master>, req: PollRequest) -> Answer {
-    let (version, allocs) = master.poll(&req.node_id, req.known_version).await;
-    ok(&PollResponse { version, allocs })
+    match master.poll(&req.node_id, req.known_version).await {
+        Some((version, allocs)) => ok(&PollResponse { version, allocs }),
+        None => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "this master is stopping or no longer leads; poll the leader",
+            );
+            e.retry_after = Some(1);
+            Err(e)
+        }
+    }
 }
 
 // ---- wiring ----
@@ -776,22 +813,47 @@ pub fn route_label(method: &str, path: &str) -> String {
     format!("{method} {pattern}")
 }
 
-/// Every route, with auth, body limits, JSON errors and request metrics.
-/// `leader` is the address this master advertises.
+/// Every route of a master that always leads with `master` (the embedded
+/// store, tests). `leader` is the address this master advertises.
 pub fn routes(
     master: Arc<Master>,
     auth: Arc<Auth>,
     leader: String,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    let leader = Arc::new(leader);
-    let limit = master.settings.max_body_bytes;
+    front_routes(Front::leader(master, leader), auth)
+}
+
+/// Every route, with auth, body limits, JSON errors and request metrics,
+/// answered as `front`'s role is at each request: the cluster API needs the
+/// leader; `/healthz`, `/readyz`, `/metrics` and `/v1/status/leader` answer
+/// in either role.
+pub fn front_routes(
+    front: Front,
+    auth: Arc<Auth>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let leader = Arc::clone(&front.advertise);
+    let limit = front.max_body_bytes;
     let m = {
-        let master = Arc::clone(&master);
-        warp::any().map(move || Arc::clone(&master))
+        let front = front.clone();
+        warp::any().and_then(move || {
+            let role = front.role();
+            async move {
+                match role {
+                    ServingRole::Leader(master) => Ok(master),
+                    ServingRole::Follower { leader } => Err(warp::reject::custom(
+                        ApiError::not_leader(leader.as_deref()),
+                    )),
+                }
+            }
+        })
     };
     let lead = {
         let leader = Arc::clone(&leader);
         warp::any().map(move || Arc::clone(&leader))
+    };
+    let current = {
+        let front = front.clone();
+        warp::any().map(move || front.clone())
     };
     let allow = move |role: Role| {
         let auth = Arc::clone(&auth);
@@ -912,8 +974,14 @@ pub fn routes(
     let leader_route = warp::path!("v1" / "status" / "leader")
         .and(warp::get())
         .and(allow(Role::Reader))
-        .and(lead.clone())
-        .map(|l: Arc<String>| json_reply(StatusCode::OK, &json!({"leader": *l})))
+        .and(current.clone())
+        .map(|f: Front| match f.role() {
+            ServingRole::Leader(_) => json_reply(StatusCode::OK, &json!({"leader": *f.advertise})),
+            ServingRole::Follower { leader: Some(l) } => {
+                json_reply(StatusCode::OK, &json!({"leader": l}))
+            }
+            ServingRole::Follower { leader: None } => ApiError::not_leader(None).into_response(),
+        })
         .boxed();
     // Agents are infrastructure: their token needs the admin role.
     let reg = warp::path!("v1" / "agent" / "register")
@@ -942,17 +1010,27 @@ pub fn routes(
         .boxed();
     let metrics_route = warp::path!("metrics")
         .and(warp::get())
-        .and(m.clone())
-        .and(lead)
+        .and(current.clone())
         .then(metrics)
         .boxed();
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})))
         .boxed();
+    // Ready means "send me API traffic": only the leader is. A follower is
+    // healthy (`/healthz`) but not ready, so a load balancer skips it.
     let readyz = warp::path!("readyz")
         .and(warp::get())
-        .map(|| json_reply(StatusCode::OK, &json!({"ready": true, "role": "leader"})))
+        .and(current)
+        .map(|f: Front| match f.role() {
+            ServingRole::Leader(_) => {
+                json_reply(StatusCode::OK, &json!({"ready": true, "role": "leader"}))
+            }
+            ServingRole::Follower { leader } => json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"ready": false, "role": "follower", "leader": leader}),
+            ),
+        })
         .boxed();
 
     // Boxed one by one: a 19-deep chain of unboxed warp filters takes
@@ -984,7 +1062,7 @@ pub fn routes(
         .reduce(|a, b| a.or(b).unify().boxed())
         .expect("the route list is not empty");
 
-    let metrics_master = Arc::clone(&master);
+    let metrics = front.metrics.clone();
     warp::method()
         .and(warp::path::full())
         .and(warp::any().map(Instant::now))
@@ -996,7 +1074,7 @@ pub fn routes(
                   resp: Response| {
                 let route = route_label(method.as_str(), path.as_str());
                 let code = resp.status().as_u16().to_string();
-                let m = &metrics_master.metrics;
+                let m = &metrics;
                 m.http_requests
                     .with_label_values(&[route.as_str(), code.as_str()])
                     .inc();

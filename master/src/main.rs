@@ -11,7 +11,8 @@ use drover_master::auth::Auth;
 use drover_master::clock::Clock;
 use drover_master::config::{LogFormat, MasterConfig, Overrides, StoreBackend};
 use drover_master::core::{Master, Settings};
-use drover_master::store::{EmbeddedStore, EtcdStore, Store};
+use drover_master::ha::Candidate;
+use drover_master::store::{EmbeddedStore, EtcdStore};
 
 /// The Drover master: REST API, scheduler and liveness for a cluster.
 #[derive(Debug, Parser)]
@@ -60,70 +61,60 @@ async fn main() -> anyhow::Result<()> {
     }
     let tokens = config.resolve_tokens()?;
     let auth = Arc::new(Auth::new(tokens));
-    // With etcd, a master first waits to be elected: until then it does not
-    // listen, so agents and clients (given every master's address) fail
-    // over to the one that leads. Its writes are fenced on the leadership,
-    // and losing it ends the process (systemd restarts it as a candidate).
-    let mut leadership = None;
-    let store: Arc<dyn Store> = match config.store.backend {
-        StoreBackend::Embedded => {
-            let dir = config.data_dir.clone();
-            Arc::new(
-                tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
-                    .await
-                    .context("opening the embedded store")??,
-            )
-        }
-        StoreBackend::Etcd => {
-            let etcd = EtcdStore::from_config(&config.store.etcd)
-                .await
-                .context("connecting to etcd")?;
-            let me = config
-                .advertise
-                .clone()
-                .unwrap_or_else(|| config.listen.to_string());
-            tracing::info!(candidate = %me, "campaigning for leadership");
-            let lead = etcd
-                .campaign(&me, config.store.etcd.lease_ttl)
-                .await
-                .context("campaigning for leadership in etcd")?;
-            tracing::info!(candidate = %me, "elected leader");
-            let fenced = etcd.fenced(&lead);
-            leadership = Some(lead);
-            Arc::new(fenced)
-        }
-    };
-    let master = Master::open(Settings::from_config(&config), store, Clock::system()).await?;
     let listener = drover_master::server::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let shutdown = async move {
-        let lost = async {
-            match &leadership {
-                Some(l) => l.lost().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
-            _ = lost => {
-                tracing::error!("leadership lost: stopping at once; another master takes over");
-                std::process::exit(1);
-            }
         }
         tracing::info!("shutting down");
         // In-flight requests and the loops still finish after this; systemd
         // shows the unit as deactivating meanwhile instead of active.
         notify_systemd(sd_notify::NotifyState::Stopping);
     };
-    // The socket is listening (connections queue in the kernel from here on)
-    // and the store is open: a `Type=notify` unit's dependents, and
-    // `systemctl start`, may go on. Sent before `run` only because `run`
-    // does not return until shutdown.
-    notify_systemd(sd_notify::NotifyState::Ready);
-    drover_master::server::run(master, auth, listener, shutdown).await;
+    let settings = Settings::from_config(&config);
+    match config.store.backend {
+        StoreBackend::Embedded => {
+            let dir = config.data_dir.clone();
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+                .await
+                .context("opening the embedded store")??;
+            let master = Master::open(settings, Arc::new(store), Clock::system()).await?;
+            // The socket is listening (connections queue in the kernel from
+            // here on) and the store is open: a `Type=notify` unit's
+            // dependents, and `systemctl start`, may go on. Sent before
+            // `run` only because `run` does not return until shutdown.
+            notify_systemd(sd_notify::NotifyState::Ready);
+            drover_master::server::run(master, auth, listener, shutdown).await;
+        }
+        StoreBackend::Etcd => {
+            // Every master listens at once and answers as a follower until
+            // elected (see `drover_master::ha`); leading is a role that
+            // comes and goes, not a condition of the process being up.
+            let etcd = EtcdStore::from_config(&config.store.etcd)
+                .await
+                .context("connecting to etcd")?;
+            let advertise = match &config.advertise {
+                Some(a) => a.clone(),
+                None => listener
+                    .local_addr()
+                    .context("reading the listening address")?
+                    .to_string(),
+            };
+            let candidate = Candidate {
+                etcd,
+                advertise,
+                lease_ttl: config.store.etcd.lease_ttl,
+                settings,
+                clock: Clock::system(),
+            };
+            notify_systemd(sd_notify::NotifyState::Ready);
+            drover_master::ha::run(candidate, auth, listener, shutdown).await;
+        }
+    }
     Ok(())
 }
 

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::auth::Auth;
 use crate::config::MasterConfig;
 use crate::core::{Master, Settings};
+use crate::role::Front;
 
 impl Settings {
     /// The runtime parameters a config file sets.
@@ -55,27 +57,75 @@ pub async fn run(
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let scheduler = tokio::spawn(Arc::clone(&master).run_scheduler(stop_rx.clone()));
-    let liveness = tokio::spawn(Arc::clone(&master).run_liveness(stop_rx));
-    tracing::info!(%addr, backend = master.backend(), "master listening");
-    let routes = crate::http::routes(Arc::clone(&master), auth, addr);
-    let closing = Arc::clone(&master);
+    let term = Term::begin(Arc::clone(&master));
+    let front = Front::leader(master, addr);
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         shutdown.await;
         // Liveness first: agents whose heartbeats are no longer served
-        // while requests drain must not be declared down. Then release the
-        // long polls, which would otherwise hold the shutdown for up to
-        // `poll_timeout`.
-        let _ = stop_tx.send(true);
-        closing.begin_shutdown();
+        // while requests drain must not be declared down. Ending the term
+        // also releases the long polls, which would otherwise hold the
+        // shutdown for up to `poll_timeout`.
+        term.end().await;
+        let _ = ended_tx.send(());
     };
-    warp::serve(routes)
+    serve(front, auth, listener, shutdown).await;
+    let _ = ended.await;
+    tracing::info!("master stopped");
+}
+
+/// Serves `front`'s routes on `listener` until `shutdown` completes, then
+/// lets in-flight requests finish.
+pub async fn serve(
+    front: Front,
+    auth: Arc<Auth>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, "master listening");
+    warp::serve(crate::http::front_routes(front, auth))
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
-    let _ = scheduler.await;
-    let _ = liveness.await;
-    tracing::info!("master stopped");
+}
+
+/// A master's term of office: its scheduler and liveness loops, which run
+/// only while it leads.
+#[derive(Debug)]
+pub struct Term {
+    master: Arc<Master>,
+    stop: watch::Sender<bool>,
+    scheduler: JoinHandle<()>,
+    liveness: JoinHandle<()>,
+}
+
+impl Term {
+    /// Starts scheduling and watching nodes.
+    pub fn begin(master: Arc<Master>) -> Term {
+        let (stop, stop_rx) = watch::channel(false);
+        let scheduler = tokio::spawn(Arc::clone(&master).run_scheduler(stop_rx.clone()));
+        let liveness = tokio::spawn(Arc::clone(&master).run_liveness(stop_rx));
+        tracing::info!(backend = master.backend(), "term begins: scheduling");
+        Term {
+            master,
+            stop,
+            scheduler,
+            liveness,
+        }
+    }
+
+    /// Stops the loops, answers pending long polls with "ask another
+    /// master", and waits for the loops to finish their current step.
+    pub async fn end(self) {
+        let _ = self.stop.send(true);
+        self.master.begin_shutdown();
+        let _ = self.scheduler.await;
+        let _ = self.liveness.await;
+        tracing::info!("term ended: not scheduling");
+    }
 }

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
-    TlsOptions, Txn, TxnOp,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -428,6 +428,39 @@ impl EtcdStore {
                 revision: leadership.revision,
             }),
             ..self.clone()
+        }
+    }
+
+    /// The candidate value (a master's advertised address) of whoever
+    /// leads the election now, or `None` while no one does. Read as etcd's
+    /// election API defines the leader: the oldest key under the election.
+    pub async fn leader(&self) -> Result<Option<String>, StoreError> {
+        let prefix = format!("{}/", self.election_name());
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let resp = self
+            .call("asking who leads", |mut kv| async move {
+                kv.get(prefix, Some(options)).await
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Revokes lease `id` (deleting the keys on it, such as a leader key
+    /// this process held in an earlier term); a lease already gone is not
+    /// an error.
+    pub async fn revoke_lease(&self, id: i64) -> Result<(), StoreError> {
+        let mut leases = self.client.lease_client();
+        match tokio::time::timeout(self.timeout, leases.revoke(id)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.to_string().contains("lease not found") => Ok(()),
+            Ok(Err(e)) => Err(self.failed("revoking a lease", &e)),
+            Err(_) => Err(self.timed_out("revoking a lease", self.timeout)),
         }
     }
 

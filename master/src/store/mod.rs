@@ -13,7 +13,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod etcd;
 pub use embedded::EmbeddedStore;
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdStore, Leadership};
 
 /// One write in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]

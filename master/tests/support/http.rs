@@ -14,6 +14,19 @@ pub async fn http(
     ctype: &str,
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = exchange(addr, method, path, ctype, body).await;
+    (status, body)
+}
+
+/// Sends one request and returns the status code, the header lines
+/// (lower-cased) and the body.
+pub async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.set_nodelay(true).expect("nodelay");
     let req = format!(
@@ -24,9 +37,6 @@ pub async fn http(
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
 }

@@ -1,8 +1,11 @@
 //! Helpers shared by the integration tests. Each test crate uses a part.
 #![allow(dead_code)]
 
-pub mod etcd;
 pub mod http;
+
+/// The private etcd of the end-to-end harness, shared with these tests.
+#[allow(unused_imports)]
+pub use drover_e2e::etcd;
 
 use drover_api::protocol::{NodeResources, RegisterRequest, PROTOCOL_VERSION};
 use drover_api::AllocId;

@@ -1,0 +1,69 @@
+//! What a master process answers as, moment to moment. With the embedded
+//! store it is always the leader. With etcd it starts as a follower, may be
+//! elected, and goes back to following when it loses its lease (DESIGN §7);
+//! the HTTP front reads the current [`Role`] on every request, so the
+//! listening socket, and `/healthz`, `/readyz` and `/metrics`, stay up
+//! through every change of office.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::core::Master;
+use crate::metrics::Metrics;
+
+/// This process's part in the cluster.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Serves the API from this master's state, and schedules.
+    Leader(Arc<Master>),
+    /// Serves no cluster state: the API answers 503 with `Retry-After` and
+    /// the leader's address when known, so clients and agents move on to
+    /// the leader (they are given every master's address).
+    Follower { leader: Option<String> },
+}
+
+/// What the HTTP routes need, whatever the role: the role itself, and what
+/// outlives a term of office (metrics, limits, this master's address).
+#[derive(Debug, Clone)]
+pub struct Front {
+    role: watch::Receiver<Role>,
+    /// The process's metrics: a new term keeps counting where the last one
+    /// stopped, and a follower still reports `drover_is_leader 0`.
+    pub metrics: Metrics,
+    pub max_body_bytes: u64,
+    /// The address this master advertises (what `/v1/status/leader` shows
+    /// when it leads).
+    pub advertise: Arc<String>,
+}
+
+impl Front {
+    /// A front whose role is whatever `role` holds.
+    pub fn new(
+        role: watch::Receiver<Role>,
+        metrics: Metrics,
+        max_body_bytes: u64,
+        advertise: String,
+    ) -> Front {
+        Front {
+            role,
+            metrics,
+            max_body_bytes,
+            advertise: Arc::new(advertise),
+        }
+    }
+
+    /// A front that always leads with `master` (the embedded store, tests).
+    pub fn leader(master: Arc<Master>, advertise: String) -> Front {
+        let metrics = master.metrics.clone();
+        let limit = master.settings.max_body_bytes;
+        // A receiver keeps the last value after its sender is gone.
+        let (_, role) = watch::channel(Role::Leader(master));
+        Front::new(role, metrics, limit, advertise)
+    }
+
+    /// The role right now.
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+}
