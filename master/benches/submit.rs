@@ -1,5 +1,6 @@
-//! Submission over loopback HTTP against a real master (embedded store,
-//! fsync per commit): latency of one submission, submissions/s with
+//! Submission over loopback HTTP against a real master, once on each store
+//! backend (embedded, fsync per commit; and a private local etcd, as
+//! several masters run): latency of one submission, submissions/s with
 //! concurrent clients, and idle submit → assignment latency as seen by an
 //! agent's long poll. `cargo bench -p drover-master --bench submit` prints a
 //! table for BENCHMARKS.md; under `cargo test --benches` it runs a few
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use drover_master::auth::Auth;
 use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
-use drover_master::store::EmbeddedStore;
+use drover_master::store::etcd::EtcdOptions;
+use drover_master::store::{EmbeddedStore, EtcdStore, Store};
 use tokio::net::TcpListener;
 
 #[path = "../tests/support/http.rs"]
@@ -39,21 +41,96 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// How many requests each part makes.
+#[derive(Clone, Copy)]
+struct Sizes {
+    sequential: usize,
+    concurrent: usize,
+    clients: usize,
+    polls: usize,
+}
+
+struct Row {
+    lat: Vec<Duration>,
+    rate: f64,
+    to_agent: Vec<Duration>,
+}
+
 #[tokio::main]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (sequential, concurrent, clients, polls) = if full {
-        (1000, 4000, 32, 200)
+    let sizes = if full {
+        Sizes {
+            sequential: 1000,
+            concurrent: 4000,
+            clients: 32,
+            polls: 200,
+        }
     } else {
-        (5, 20, 4, 3)
+        Sizes {
+            sequential: 5,
+            concurrent: 20,
+            clients: 4,
+            polls: 3,
+        }
     };
     let dir = tempfile::TempDir::new().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path()).expect("store");
+    let embedded = EmbeddedStore::open(dir.path()).expect("store");
+    let embedded = measure(Arc::new(embedded), sizes).await;
+    let etcd_server = drover_e2e::etcd::Etcd::start();
+    let etcd = EtcdStore::connect(EtcdOptions::new(vec![etcd_server.endpoint()]))
+        .await
+        .expect("connect to etcd");
+    let etcd = measure(Arc::new(etcd), sizes).await;
+    drop(etcd_server);
+
+    let Sizes {
+        sequential,
+        concurrent,
+        clients,
+        polls,
+    } = sizes;
+    let per_client = concurrent / clients;
+    println!("| measure | embedded | etcd |");
+    println!("|---|---|---|");
+    let three = |v: &[Duration]| {
+        format!(
+            "{} / {} / {}",
+            ms(pct(v, 0.5)),
+            ms(pct(v, 0.99)),
+            ms(v[v.len() - 1])
+        )
+    };
+    println!(
+        "| submit latency, sequential, p50 / p99 / max ({sequential} jobs) | {} | {} |",
+        three(&embedded.lat),
+        three(&etcd.lat)
+    );
+    println!(
+        "| submissions/s, {clients} concurrent clients ({} jobs) | {:.0} | {:.0} |",
+        per_client * clients,
+        embedded.rate,
+        etcd.rate
+    );
+    println!(
+        "| idle submit → agent poll returns assignment, p50 / p99 / max ({polls} jobs) | {} | {} |",
+        three(&embedded.to_agent),
+        three(&etcd.to_agent)
+    );
+}
+
+async fn measure(store: Arc<dyn Store>, sizes: Sizes) -> Row {
+    let Sizes {
+        sequential,
+        concurrent,
+        clients,
+        polls,
+    } = sizes;
     let settings = Settings {
         poll_timeout: Duration::from_secs(10),
         ..Settings::default()
     };
-    let master = Master::open(settings, Arc::new(store), Clock::system())
+    let master = Master::open(settings, store, Clock::system())
         .await
         .expect("master");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -201,17 +278,9 @@ async fn main() {
     let _ = stop.send(());
     server.await.expect("server");
 
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!(
-        "| submit latency, sequential, p50 / p99 / max ({sequential} jobs) | {} / {} / {} |",
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99)),
-        ms(lat[lat.len() - 1])
-    );
-    println!(
-        "| submissions/s, {clients} concurrent clients ({} jobs) | {rate:.0} |",
-        per_client * clients
-    );
-    println!("| idle submit → agent poll returns assignment, p50 / p99 / max ({polls} jobs) | {} / {} / {} |", ms(pct(&to_agent, 0.5)), ms(pct(&to_agent, 0.99)), ms(to_agent[to_agent.len() - 1]));
+    Row {
+        lat,
+        rate,
+        to_agent,
+    }
 }
