@@ -62,6 +62,11 @@ async fn submit_until_acknowledged(client: &Client, job: &Job, patience: Duratio
     }
 }
 
+async fn job_names(client: &Client) -> BTreeSet<String> {
+    let jobs = client.jobs(None).await.expect("list jobs");
+    jobs.iter().map(|j| j.id.to_string()).collect()
+}
+
 /// Waits until every job in `names` has succeeded.
 async fn all_succeeded(client: &Client, names: &BTreeSet<String>) {
     eventually("every acknowledged job to complete", WAIT, || async {
@@ -169,14 +174,7 @@ async fn killing_the_leader_mid_burst_of_500_submissions_loses_no_acknowledged_j
     let new_leader = cluster.leader(WAIT).await;
     assert_ne!(new_leader, leader);
     // Every acknowledged job exists, and nothing else does.
-    let listed: BTreeSet<String> = client
-        .jobs(None)
-        .await
-        .expect("list jobs")
-        .iter()
-        .map(|j| j.id.to_string())
-        .collect();
-    assert_eq!(listed, acked);
+    assert_eq!(job_names(&client).await, acked);
     all_succeeded(&client, &acked).await;
     ran_exactly_once(&client, &markers, &acked).await;
 
@@ -314,14 +312,8 @@ async fn with_etcd_down_for_10_seconds_tasks_keep_running_writes_get_503_and_all
     // Nothing acknowledged was lost, and nothing ran twice.
     let mut expected: BTreeSet<String> = acked_during.clone();
     expected.extend(["before".to_string(), "after".to_string()]);
-    let listed: BTreeSet<String> = client
-        .jobs(None)
-        .await
-        .expect("list jobs")
-        .iter()
-        .map(|j| j.id.to_string())
-        .filter(|id| id != "steady")
-        .collect();
+    let mut listed = job_names(&client).await;
+    listed.remove("steady");
     assert!(
         expected.is_subset(&listed),
         "lost: {:?}",

@@ -53,12 +53,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let term = Term::begin(Arc::clone(&master));
-    let front = Front::leader(master, addr);
+    let front = Front::leader(master, local_addr(&listener));
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         shutdown.await;
@@ -82,16 +78,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    tracing::info!(%addr, "master listening");
+    tracing::info!(addr = %local_addr(&listener), "master listening");
     warp::serve(crate::http::front_routes(front, auth))
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 /// A master's term of office: its scheduler and liveness loops, which run
