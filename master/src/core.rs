@@ -1,8 +1,9 @@
 //! The master's shared core: the cluster behind one lock, the store, the
 //! scheduler loop, liveness, and node assignment notifications.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant as StdInstant};
 
 use drover_api::protocol::{
@@ -11,7 +12,7 @@ use drover_api::protocol::{
 };
 use drover_api::{AllocId, JobId, NodeId, PolicyKind, TaskId, TaskState};
 use scheduler_policies::{registry, ClusterView, Decision, Demand, Policy, TaskRequest};
-use tokio::sync::{watch, Mutex, MutexGuard, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, MutexGuard, Notify};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -19,7 +20,7 @@ use crate::lifecycle::{self, KillCause};
 use crate::metrics::Metrics;
 use crate::model::{Drain, NodeLive, NodeRecord, TaskRecord};
 use crate::state::{Changes, Cluster, Txn};
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, Store, StoreError};
 use crate::view::{build_view, demand_of, task_request};
 
 /// Runtime parameters of the master (from its config file and flags).
@@ -83,6 +84,52 @@ pub struct Master {
     down_budget: std::sync::Mutex<(f64, Instant)>,
     /// Set when the master begins to shut down: long polls answer at once.
     closing: watch::Sender<bool>,
+    /// Staged writes on their way to the store (see [`Master::stage`]).
+    committer: mpsc::UnboundedSender<Staged>,
+    /// Set from a failed commit until the cluster is reloaded: memory may
+    /// be ahead of the store, so nothing more is staged on top of it.
+    stale: AtomicBool,
+    /// Sequence number of the last write staged (under the cluster lock).
+    staged_seq: AtomicU64,
+    /// The last staged write that is settled (stored, or failed and undone
+    /// by a reload), and how many reloads there have been: what an agent is
+    /// shown must be settled and from the current epoch.
+    settled: watch::Sender<(u64, u64)>,
+}
+
+/// A write applied in memory and queued for the store.
+#[derive(Debug)]
+struct Staged {
+    seq: u64,
+    batch: Batch,
+    touched: BTreeSet<NodeId>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The most staged writes one store commit takes: a group, however large,
+/// costs one fsync (embedded) or one round of transactions (etcd).
+const MAX_GROUP: usize = 1024;
+
+/// A staged write's way to durability: await [`Durable::wait`] after
+/// releasing the cluster lock, and only then acknowledge the write.
+#[must_use = "a write is acknowledged only once it is durable"]
+#[derive(Debug)]
+pub struct Durable(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Durable {
+    /// Resolves once the write is in the store, or failed (then the master
+    /// has reloaded its state from the store: the write is undone).
+    pub async fn wait(self) -> Result<(), CommitError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(CommitError::Store(StoreError::Unavailable(
+                    "the master stopped before the write was stored".into(),
+                ))),
+            },
+        }
+    }
 }
 
 impl Master {
@@ -122,18 +169,26 @@ impl Master {
             backend = store.backend(),
             "cluster state loaded"
         );
-        Ok(Arc::new(Master {
-            settings,
-            metrics,
-            store,
-            cluster: Mutex::new(cluster),
-            last_seen: std::sync::Mutex::new(last_seen),
-            node_versions: std::sync::Mutex::new(BTreeMap::new()),
-            policies: std::sync::Mutex::new(BTreeMap::new()),
-            wake: Notify::new(),
-            down_budget: std::sync::Mutex::new((0.0, now)),
-            closing: watch::channel(false).0,
-            clock,
+        let (committer, queue) = mpsc::unbounded_channel();
+        Ok(Arc::new_cyclic(|me: &Weak<Master>| {
+            tokio::spawn(run_committer(me.clone(), queue));
+            Master {
+                settings,
+                metrics,
+                store,
+                cluster: Mutex::new(cluster),
+                last_seen: std::sync::Mutex::new(last_seen),
+                node_versions: std::sync::Mutex::new(BTreeMap::new()),
+                policies: std::sync::Mutex::new(BTreeMap::new()),
+                wake: Notify::new(),
+                down_budget: std::sync::Mutex::new((0.0, now)),
+                closing: watch::channel(false).0,
+                committer,
+                stale: AtomicBool::new(false),
+                staged_seq: AtomicU64::new(0),
+                settled: watch::channel((0, 0)).0,
+                clock,
+            }
         }))
     }
 
@@ -145,24 +200,45 @@ impl Master {
         self.cluster.lock().await
     }
 
-    /// Makes staged changes durable, then applies them and tells the nodes
-    /// whose assignments changed. On error nothing changed anywhere.
-    pub async fn commit(&self, cluster: &mut Cluster, changes: Changes) -> Result<(), CommitError> {
+    /// Applies `changes` to the cluster now and queues them for the store;
+    /// the caller releases the lock, then awaits the returned [`Durable`]
+    /// before acknowledging anything. Writes staged while others are being
+    /// stored go to the store together, in order, in one commit (group
+    /// commit): the lock is never held across a store round trip, so a
+    /// thousand heartbeats cost a few fsyncs, not a thousand.
+    ///
+    /// Nodes whose assignments changed are told (their long polls answer)
+    /// only once the change is durable. If a commit fails, every write
+    /// staged after it fails too and the master reloads the cluster from the
+    /// store, so memory never stays ahead of what is stored.
+    pub fn stage(&self, cluster: &mut Cluster, changes: Changes) -> Durable {
         if changes.is_empty() {
-            return Ok(());
+            return Durable(None);
+        }
+        let (done, rx) = oneshot::channel();
+        if self.stale.load(Ordering::SeqCst) {
+            let _ = done.send(Err(StoreError::Unavailable(
+                "a write failed; the master is reloading the cluster from the store".into(),
+            )));
+            return Durable(Some(rx));
         }
         let batch = changes.batch();
-        let started = StdInstant::now();
-        let result = self.store.commit(batch).await;
-        self.metrics
-            .store_op_duration
-            .with_label_values(&["commit"])
-            .observe(started.elapsed().as_secs_f64());
-        result?;
         let touched = changes.touched_nodes(cluster);
         cluster.apply(changes);
-        self.bump_nodes(touched);
-        Ok(())
+        let seq = self.staged_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let staged = Staged {
+            seq,
+            batch,
+            touched,
+            done,
+        };
+        if let Err(mpsc::error::SendError(staged)) = self.committer.send(staged) {
+            // Only once the runtime is shutting down.
+            let _ = staged.done.send(Err(StoreError::Unavailable(
+                "the master is stopping".into(),
+            )));
+        }
+        Durable(Some(rx))
     }
 
     fn bump_nodes(&self, nodes: impl IntoIterator<Item = NodeId>) {
@@ -283,10 +359,13 @@ impl Master {
             }
             txn.into_changes()
         };
-        self.commit(&mut cluster, changes).await?;
+        let durable = self.stage(&mut cluster, changes);
         for (task, reason) in waits {
             cluster.wait_reasons.insert(task, reason);
         }
+        let waiting = cluster.pending.len();
+        drop(cluster);
+        durable.wait().await?;
         let placed: u64 = placed_by.values().sum();
         for (policy, n) in placed_by {
             self.metrics
@@ -305,12 +384,7 @@ impl Master {
         let elapsed = started.elapsed();
         self.metrics.pass_duration.observe(elapsed.as_secs_f64());
         if placed > 0 {
-            tracing::debug!(
-                placed,
-                waiting = cluster.pending.len(),
-                ?elapsed,
-                "scheduling pass"
-            );
+            tracing::debug!(placed, waiting, ?elapsed, "scheduling pass");
         }
         Ok(placed as usize)
     }
@@ -355,7 +429,7 @@ impl Master {
             });
             txn.into_changes()
         };
-        self.commit(&mut cluster, changes).await?;
+        let durable = self.stage(&mut cluster, changes);
         let live: Vec<AllocId> = cluster
             .live_allocs_on(&node_id)
             .map(|a| a.id.clone())
@@ -368,6 +442,7 @@ impl Master {
             .collect();
         self.seen(&node_id, &mut cluster);
         drop(cluster);
+        durable.wait().await?;
         tracing::info!(node = %node_id, hostname = %req.hostname, "node registered");
         self.wake_scheduler();
         Ok(RegisterResponse {
@@ -408,11 +483,7 @@ impl Master {
             let applied = apply_reports(&mut txn, &req.node_id, &req.updates, now_ms);
             (txn.into_changes(), applied)
         };
-        self.commit(&mut cluster, changes).await?;
-        self.metrics
-            .reschedules
-            .with_label_values(&["restart"])
-            .inc_by(applied.restarted);
+        let durable = self.stage(&mut cluster, changes);
         let ended = applied.ended;
         self.seen(&req.node_id, &mut cluster);
         if let Some(live) = cluster.live.get_mut(&req.node_id) {
@@ -422,6 +493,11 @@ impl Master {
             live.offer_memory_bytes = req.offer.memory_bytes;
         }
         drop(cluster);
+        durable.wait().await?;
+        self.metrics
+            .reschedules
+            .with_label_values(&["restart"])
+            .inc_by(applied.restarted);
         if was_down {
             tracing::info!(node = %req.node_id, "node is back");
         }
@@ -434,9 +510,35 @@ impl Master {
         })
     }
 
-    /// The node's desired allocs and the version they are at.
-    pub async fn assignments(&self, node: &NodeId) -> (u64, Vec<Assignment>) {
-        let cluster = self.lock().await;
+    /// The node's desired allocs and the version they are at, once durable:
+    /// an agent is never shown an alloc a crash could still undo. `None`
+    /// while the cluster in memory is ahead of the store (a failed write
+    /// not yet undone by a reload).
+    pub async fn assignments(&self, node: &NodeId) -> Option<(u64, Vec<Assignment>)> {
+        loop {
+            let (answer, seq, epoch) = {
+                let cluster = self.lock().await;
+                if self.stale.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let answer = self.assignments_now(&cluster, node);
+                (
+                    answer,
+                    self.staged_seq.load(Ordering::SeqCst),
+                    self.settled.borrow().1,
+                )
+            };
+            let mut settled = self.settled.subscribe();
+            if settled.wait_for(|(done, _)| *done >= seq).await.is_err() {
+                return None;
+            }
+            if settled.borrow().1 == epoch {
+                return Some(answer);
+            }
+        }
+    }
+
+    fn assignments_now(&self, cluster: &Cluster, node: &NodeId) -> (u64, Vec<Assignment>) {
         let version = *self.node_version(node).borrow();
         let kill_timeout_ms =
             u64::try_from(self.settings.kill_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -477,7 +579,7 @@ impl Master {
         if *closing.borrow() {
             return None;
         }
-        Some(self.assignments(node).await)
+        self.assignments(node).await
     }
 
     /// The master's term is ending (shutdown, or lost leadership): pending
@@ -516,13 +618,14 @@ impl Master {
             }
             txn.into_changes()
         };
-        self.commit(&mut cluster, changes).await?;
+        let durable = self.stage(&mut cluster, changes);
+        let rec = cluster.nodes.get(node).cloned();
+        drop(cluster);
+        durable.wait().await?;
         self.metrics
             .reschedules
             .with_label_values(&["drained"])
             .inc_by(drained);
-        let rec = cluster.nodes.get(node).cloned();
-        drop(cluster);
         tracing::info!(node = %node, enable, ?deadline, "drain updated");
         self.wake_scheduler();
         Ok(rec)
@@ -600,8 +703,9 @@ impl Master {
             txn.into_changes()
         };
         let changed = !changes.is_empty();
-        self.commit(&mut cluster, changes).await?;
+        let durable = self.stage(&mut cluster, changes);
         drop(cluster);
+        durable.wait().await?;
         self.metrics
             .reschedules
             .with_label_values(&["lost"])
@@ -718,4 +822,114 @@ fn fresh_node_id(cluster: &Cluster, hostname: &str) -> NodeId {
         .filter_map(|s| NodeId::new(s).ok())
         .find(|id| !cluster.nodes.contains_key(id))
         .unwrap_or_else(|| NodeId::new("node").expect("valid literal"))
+}
+
+/// Writes staged changes to the store in groups, in the order they were
+/// staged (see [`Master::stage`]).
+///
+/// It holds the master only while a group is in flight: dropping the last
+/// other handle drops the master, and closes its store, at once.
+async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<Staged>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Batch::new();
+        let mut touched = BTreeSet::new();
+        let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> =
+            Vec::with_capacity(group.len());
+        let mut last = 0;
+        for staged in group {
+            last = staged.seq;
+            batch.append(staged.batch);
+            touched.extend(staged.touched);
+            waiting.push(staged.done);
+        }
+        let Some(m) = master.upgrade() else { return };
+        let started = StdInstant::now();
+        let result = m.store.commit(batch).await;
+        m.metrics
+            .store_op_duration
+            .with_label_values(&["commit"])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                m.settled.send_modify(|(seq, _)| *seq = last);
+                m.bump_nodes(touched);
+                for done in waiting {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, writes = waiting.len(), "group commit failed: reloading the cluster from the store");
+                // Every write staged since built on the failed one.
+                {
+                    let _cluster = m.lock().await;
+                    m.stale.store(true, Ordering::SeqCst);
+                    while let Ok(staged) = queue.try_recv() {
+                        last = staged.seq;
+                        waiting.push(staged.done);
+                    }
+                }
+                // Writers hear of the failure once memory is back in step
+                // with the store, when the store answers at all: a failed
+                // write then leaves no trace for their next request to see.
+                let reloaded = m.reload().await;
+                // Settled, as undone: whoever waited on them re-reads.
+                m.settled.send_modify(|(seq, epoch)| {
+                    *seq = last;
+                    *epoch += 1;
+                });
+                for done in waiting {
+                    let _ = done.send(Err(e.clone()));
+                }
+                drop(m);
+                if reloaded.is_err() && !reload_until_done(&master).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Retries [`Master::reload`] while the store is away, without holding the
+/// cluster lock meanwhile (writes answer 503; reads and heartbeats go on).
+/// Gives up, returning false, once the master's term is over.
+async fn reload_until_done(master: &Weak<Master>) -> bool {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(m) = master.upgrade() else {
+            return false;
+        };
+        if *m.closing.borrow() {
+            return false;
+        }
+        match m.reload().await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, "reloading the cluster failed; retrying"),
+        }
+    }
+}
+
+impl Master {
+    /// Replaces the cluster in memory with what the store holds, and lets
+    /// writes be staged again.
+    async fn reload(&self) -> Result<(), StoreError> {
+        let snapshot = self.store.load().await?;
+        let fresh = Cluster::from_snapshot(&snapshot)?;
+        let mut cluster = self.lock().await;
+        *cluster = fresh;
+        self.stale.store(false, Ordering::SeqCst);
+        // Agents may have been shown writes that are now undone.
+        let nodes: Vec<NodeId> = cluster.nodes.keys().cloned().collect();
+        drop(cluster);
+        self.bump_nodes(nodes);
+        self.wake_scheduler();
+        tracing::info!("cluster reloaded from the store");
+        Ok(())
+    }
 }

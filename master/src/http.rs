@@ -292,7 +292,7 @@ async fn submit(master: Arc<Master>, content_type: Option<String>, body: Bytes) 
         let outcome = lifecycle::submit(&mut txn, spec, now_ms);
         (outcome, txn.into_changes())
     };
-    master.commit(&mut cluster, changes).await?;
+    let durable = master.stage(&mut cluster, changes);
     let job = cluster
         .jobs
         .get(&body_job_name(&cluster, &body, content_type.as_deref()))
@@ -313,9 +313,12 @@ async fn submit(master: Arc<Master>, content_type: Option<String>, body: Bytes) 
         v
     });
     drop(cluster);
+    // The pass may run now: its placements are staged after this write,
+    // so they can never be stored without it.
     if outcome != Submitted::Unchanged {
         master.wake_scheduler();
     }
+    durable.wait().await?;
     Ok(json_reply(status, &answer))
 }
 
@@ -448,13 +451,14 @@ async fn stop_job(master: Arc<Master>, id: String, q: StopQuery) -> Answer {
         }
         txn.into_changes()
     };
-    master.commit(&mut cluster, changes).await?;
-    tracing::info!(job = %id, purge = q.purge, "job stopped");
+    let durable = master.stage(&mut cluster, changes);
     let body = match cluster.jobs.get(&id) {
         Some(j) => serde_json::to_value(job_view(&master, &cluster, j, false)).unwrap_or_default(),
         None => json!({"id": id, "purged": true}),
     };
     drop(cluster);
+    durable.wait().await?;
+    tracing::info!(job = %id, purge = q.purge, "job stopped");
     master.wake_scheduler();
     ok(&body)
 }
@@ -707,7 +711,7 @@ async fn poll(master: Arc<Master>, req: PollRequest) -> Answer {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "this master is stopping or no longer leads; poll the leader",
+                "this master cannot answer for now (stopping, no longer leading, or reloading after a failed write); poll again",
             );
             e.retry_after = Some(1);
             Err(e)

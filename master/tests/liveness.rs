@@ -77,7 +77,9 @@ async fn submit(m: &Master, yaml: &str) {
         lifecycle::submit(&mut txn, spec, m.clock.wall_ms());
         txn.into_changes()
     };
-    m.commit(&mut c, changes).await.unwrap();
+    let durable = m.stage(&mut c, changes);
+    drop(c);
+    durable.wait().await.unwrap();
 }
 
 async fn node_state(m: &Master, id: &str) -> NodeState {
@@ -197,7 +199,10 @@ async fn a_node_that_comes_back_is_told_to_kill_the_allocs_that_were_replaced() 
     let kill = register(&m, "n1", vec![stale.clone()]).await;
     assert_eq!(kill, vec![stale]);
     assert_eq!(node_state(&m, "n1").await, NodeState::Ready);
-    let (_, assignments) = m.assignments(&nid("n1")).await;
+    let (_, assignments) = m
+        .assignments(&nid("n1"))
+        .await
+        .expect("settled assignments");
     assert!(assignments.is_empty());
 }
 

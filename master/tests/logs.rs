@@ -85,7 +85,9 @@ async fn master_with_node(log_addr: String) -> (Arc<Master>, tempfile::TempDir) 
             lifecycle::submit(&mut txn, spec, m.clock.wall_ms());
             txn.into_changes()
         };
-        m.commit(&mut c, changes).await.unwrap();
+        let durable = m.stage(&mut c, changes);
+        drop(c);
+        durable.wait().await.unwrap();
     }
     assert_eq!(m.schedule_pass().await.unwrap(), 1);
     (m, dir)

@@ -62,6 +62,11 @@ impl Batch {
         self.ops
     }
 
+    /// Appends `other`'s ops after this batch's (group commit).
+    pub fn append(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+    }
+
     pub fn len(&self) -> usize {
         self.ops.len()
     }
@@ -74,7 +79,7 @@ impl Batch {
 /// Every key and its value, in key order.
 pub type Snapshot = BTreeMap<String, Vec<u8>>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or refused the write for now; the caller
     /// answers 503 with Retry-After. Nothing was written.
