@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -40,15 +41,16 @@ fn is_job_name(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-/// A job's id, which is its name.
+/// A job's id, which is its name. Shared, not copied: every task and alloc
+/// id of a job holds it, and a master keeps millions of those.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
 
 impl JobId {
     pub fn new(name: impl Into<String>) -> Result<Self, IdError> {
         let name = name.into();
         if is_job_name(&name) {
-            Ok(JobId(name))
+            Ok(JobId(name.into()))
         } else {
             Err(IdError::JobName(name))
         }
@@ -92,8 +94,9 @@ pub struct AllocId {
 }
 
 /// A node's id: chosen by the agent on first start and kept in its data dir.
+/// Shared like [`JobId`]: every alloc names its node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(String);
+pub struct NodeId(Arc<str>);
 
 impl NodeId {
     pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
@@ -104,7 +107,7 @@ impl NodeId {
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if ok {
-            Ok(NodeId(id))
+            Ok(NodeId(id.into()))
         } else {
             Err(IdError::NodeId(id))
         }

@@ -20,4 +20,4 @@ pub use spec::{
     Constraints, Elastic, FieldError, JobSpec, JobType, ResourceRequest, RestartPolicy, SpecError,
     ValidationErrors,
 };
-pub use state::{AllocState, JobState, NodeState, TaskState, Transition, UnknownState};
+pub use state::{AllocState, JobState, NodeState, Reason, TaskState, Transition, UnknownState};

@@ -8,8 +8,10 @@
 //!        assigned → failed | killed | lost
 //! ```
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -198,12 +200,94 @@ pub struct Transition<S> {
     pub state: S,
     /// Short and human: "submitted", "placed on node-3", "exit code 1",
     /// "node node-3 down", "preempted by render/2".
-    pub reason: String,
+    pub reason: Reason,
     pub at_unix_ms: u64,
 }
 
+/// Why a transition happened. A master holds millions of these and most say
+/// the same few things ("submitted", "exit code 0", "placed on node-3 by
+/// least-loaded"), so equal reasons share one allocation (up to
+/// [`Reason::INTERNED_MAX`] distinct ones; past that, each has its own).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Reason(Arc<str>);
+
+impl Reason {
+    /// How many distinct reasons are shared before new ones stop being.
+    pub const INTERNED_MAX: usize = 1 << 16;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn interned(s: &str) -> Reason {
+        static TABLE: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+        let mut table = TABLE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(shared) = table.get(s) {
+            return Reason(Arc::clone(shared));
+        }
+        let new: Arc<str> = Arc::from(s);
+        if table.len() < Self::INTERNED_MAX {
+            table.insert(Arc::clone(&new));
+        }
+        Reason(new)
+    }
+}
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(s: &str) -> Self {
+        Reason::interned(s)
+    }
+}
+
+impl From<String> for Reason {
+    fn from(s: String) -> Self {
+        Reason::interned(&s)
+    }
+}
+
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Reason::interned(&s))
+    }
+}
+
 impl<S> Transition<S> {
-    pub fn new(state: S, reason: impl Into<String>, at_unix_ms: u64) -> Self {
+    pub fn new(state: S, reason: impl Into<Reason>, at_unix_ms: u64) -> Self {
         Transition {
             state,
             reason: reason.into(),
@@ -219,6 +303,19 @@ pub type JobTransition = Transition<JobState>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_reasons_share_one_allocation_and_read_back_as_written() {
+        let a = Reason::from("placed on node-3 by least-loaded");
+        let b = Reason::from(String::from("placed on node-3 by least-loaded"));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, "\"placed on node-3 by least-loaded\"");
+        let c: Reason = serde_json::from_str(&json).unwrap();
+        assert!(Arc::ptr_eq(&a.0, &c.0));
+        assert_eq!(c, "placed on node-3 by least-loaded");
+        assert_ne!(Reason::from("exit code 1"), a);
+    }
 
     #[test]
     fn states_serialize_as_snake_case_names_and_parse_back() {

@@ -104,7 +104,7 @@ fn status_text(task: &TaskView, now: u64) -> String {
         h.row(vec![
             ago(step.at_unix_ms, now),
             step.state.to_string(),
-            step.reason.clone(),
+            step.reason.to_string(),
         ]);
     }
     text.push('\n');
@@ -133,7 +133,7 @@ fn attempts_table(attempts: &[AllocView], now: u64) -> String {
             output::gpu_list(&a.gpus),
             ago(first.map_or(0, |s| s.at_unix_ms), now),
             ended,
-            last.map_or_else(String::new, |s| s.reason.clone()),
+            last.map_or_else(String::new, |s| s.reason.to_string()),
         ]);
     }
     t.render()

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use drover_api::protocol::AllocUpdate;
-use drover_api::state::Transition;
+use drover_api::state::{Reason, Transition};
 use drover_api::{AllocId, AllocState, JobId, JobSpec, JobType, NodeId, TaskId, TaskState};
 
 use crate::model::{AllocRecord, JobRecord, TaskRecord};
@@ -26,11 +26,11 @@ pub enum Submitted {
     Updated,
 }
 
-fn push<S>(history: &mut Vec<Transition<S>>, state: S, reason: impl Into<String>, now_ms: u64) {
+fn push<S>(history: &mut Vec<Transition<S>>, state: S, reason: impl Into<Reason>, now_ms: u64) {
     history.push(Transition::new(state, reason, now_ms));
 }
 
-fn set_task(t: &mut TaskRecord, state: TaskState, reason: impl Into<String>, now_ms: u64) {
+fn set_task(t: &mut TaskRecord, state: TaskState, reason: impl Into<Reason>, now_ms: u64) {
     t.state = state;
     push(&mut t.history, state, reason, now_ms);
 }

@@ -44,6 +44,9 @@ impl fmt::Debug for EmbeddedStore {
     }
 }
 
+/// redb's page cache: enough for the pages a commit rewrites.
+const CACHE_BYTES: usize = 32 << 20;
+
 impl EmbeddedStore {
     /// Opens (or creates) `data_dir/drover.redb`, creating `data_dir` if needed.
     ///
@@ -68,6 +71,10 @@ impl EmbeddedStore {
             // Reports a damaged file as `Corrupted` rather than trusting (and
             // possibly panicking on) it.
             .set_check_integrity_on_open(true)
+            // The master reads the store once, at start, and keeps the
+            // cluster in memory itself: redb's default 1 GiB page cache
+            // would only hold a second copy of it.
+            .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| map_err(&path, "open", e.into()))?;
 
