@@ -29,8 +29,9 @@ pub enum Role {
 pub struct Front {
     role: watch::Receiver<Role>,
     /// The process's metrics: a new term keeps counting where the last one
-    /// stopped, and a follower still reports `drover_is_leader 0`.
-    pub metrics: Metrics,
+    /// stopped, and a follower still reports `drover_is_leader 0`. Behind
+    /// an `Arc` because the routes are cloned for every connection.
+    pub metrics: Arc<Metrics>,
     pub max_body_bytes: u64,
     /// The address this master advertises (what `/v1/status/leader` shows
     /// when it leads).
@@ -47,7 +48,7 @@ impl Front {
     ) -> Front {
         Front {
             role,
-            metrics,
+            metrics: Arc::new(metrics),
             max_body_bytes,
             advertise: Arc::new(advertise),
         }
