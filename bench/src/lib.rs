@@ -8,6 +8,9 @@
 //!   said so).
 //! - [`throughput`]: many trivial tasks (`/bin/true`) in one job on one
 //!   agent: tasks per second from submission until the job is complete.
+//! - [`sim`]: a real `drover-master` driven by thousands of simulated
+//!   agents in this process (real protocol, real HTTP, no task processes):
+//!   how the master scales with nodes and tasks.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use drover_api::client::{Client, SpecFormat};
 use drover_api::{JobId, JobState, TaskId, TaskState};
+
+pub mod sim;
 
 /// A `drover dev` cluster in a child process, stopped (SIGTERM, which makes
 /// it stop its tasks) and reaped when dropped.
@@ -102,18 +107,25 @@ impl Drop for DevCluster {
 /// The `drover` binary next to this one (both are built into the same
 /// target dir), unless `DROVER_BIN` names another.
 pub fn drover_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("DROVER_BIN") {
+    sibling_binary("drover", "DROVER_BIN")
+}
+
+/// The workspace binary `name` next to this executable (or up to two
+/// directories above it, as from `target/debug/deps`), unless the
+/// environment variable `env` names another.
+pub(crate) fn sibling_binary(name: &str, env: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe().context("locating this executable")?;
     for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("drover");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "no drover binary next to {}; build it (cargo build --workspace --bins) or set DROVER_BIN",
+        "no {name} binary next to {}; build it (cargo build --workspace --bins) or set {env}",
         exe.display()
     )
 }

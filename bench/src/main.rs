@@ -4,9 +4,12 @@
 //!
 //!   cargo build --release --bins && target/release/drover-bench latency --n 200
 //!   target/release/drover-bench throughput --tasks 10000
+//!   target/release/drover-bench sim --nodes 1000 --tasks 100000 --jobs 100 --runs 3
 
 use clap::{Parser, Subcommand};
 use drover_bench::{drover_binary, latency, throughput, DevCluster, Summary};
+
+mod sim_cmd;
 
 #[derive(Debug, Parser)]
 #[command(about = "End-to-end benchmarks of a drover dev cluster")]
@@ -30,6 +33,10 @@ enum Bench {
         #[arg(long, default_value_t = 1)]
         runs: u32,
     },
+    /// A real drover-master driven by simulated agents in this process:
+    /// time until every task ran, placements/s, the master's memory and
+    /// CPU.
+    Sim(sim_cmd::SimArgs),
 }
 
 fn ms(d: std::time::Duration) -> String {
@@ -39,9 +46,9 @@ fn ms(d: std::time::Duration) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let drover = drover_binary()?;
     match args.bench {
         Bench::Latency { n } => {
+            let drover = drover_binary()?;
             let cluster = DevCluster::start(&drover, 1)?;
             let samples = latency(&cluster.client(), n).await?;
             let s = Summary::of(&samples).ok_or_else(|| anyhow::anyhow!("no samples"))?;
@@ -57,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Bench::Throughput { tasks, runs } => {
+            let drover = drover_binary()?;
             let mut rates = Vec::new();
             for run in 1..=runs {
                 let cluster = DevCluster::start(&drover, 1)?;
@@ -80,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
                 rates[rates.len() - 1]
             );
         }
+        Bench::Sim(a) => sim_cmd::run(a).await?,
     }
     Ok(())
 }
