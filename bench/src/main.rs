@@ -37,6 +37,15 @@ enum Bench {
     /// time until every task ran, placements/s, the master's memory and
     /// CPU.
     Sim(sim_cmd::SimArgs),
+    /// Idle submit → running latency on a real drover-master with many
+    /// simulated agents: single-task jobs, one at a time, each timed from
+    /// its submission until its `running` report was acknowledged.
+    SimLatency {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 100)]
+        n: u32,
+    },
 }
 
 fn ms(d: std::time::Duration) -> String {
@@ -89,6 +98,20 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Bench::Sim(a) => sim_cmd::run(a).await?,
+        Bench::SimLatency { nodes, n } => {
+            let samples = sim_cmd::latency(nodes, n).await?;
+            let s = Summary::of(&samples).ok_or_else(|| anyhow::anyhow!("no samples"))?;
+            println!("| nodes | submissions | min | p50 | p99 | max |");
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| {nodes} | {} | {} | {} | {} | {} |",
+                s.count,
+                ms(s.min),
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max)
+            );
+        }
     }
     Ok(())
 }

@@ -110,6 +110,43 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Idle submit → running latency with `nodes` simulated agents: `n`
+/// single-task jobs submitted one at a time, each timed until the sim saw
+/// its `running` report acknowledged, and let finish before the next.
+pub async fn latency(nodes: usize, n: u32) -> anyhow::Result<Vec<Duration>> {
+    raise_fd_limit()?;
+    let settings = MasterSettings::for_nodes(nodes);
+    let mut master = MasterProcess::start(&master_binary()?, settings)?;
+    let plan = plan_jobs("probe", n, n, false);
+    let options = SimOptions {
+        poll_wait: settings.poll_timeout + Duration::from_secs(60),
+        ..SimOptions::default()
+    };
+    let sim = Sim::start(&master.addr, nodes, &plan, options).await?;
+    sim.wait_heartbeats(nodes as u64).await;
+    eprintln!("{nodes} nodes registered; submitting {n} jobs one at a time");
+    sim.mark_start();
+    let client = Client::new(vec![master.addr.clone()], None);
+    let mut progress = sim.watch();
+    let mut samples = Vec::with_capacity(plan.len());
+    for (i, job) in (1u64..).zip(&plan) {
+        let t = Instant::now();
+        client
+            .submit(&job.spec, SpecFormat::Yaml)
+            .await
+            .with_context(|| format!("submitting {}", job.name))?;
+        progress.wait_for(|p| p.running >= i).await?;
+        samples.push(t.elapsed());
+        progress.wait_for(|p| p.succeeded >= i).await?;
+    }
+    let report = sim.report();
+    master.quiet();
+    sim.stop().await;
+    let _ = master.stop();
+    anyhow::ensure!(report.error_count == 0, "errors: {:?}", report.errors);
+    Ok(samples)
+}
+
 /// SIGINT or SIGTERM.
 async fn interrupted() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
