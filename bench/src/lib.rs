@@ -88,14 +88,19 @@ impl DevCluster {
 
     /// Stops it as Ctrl-C would (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        self.child.wait()
+        terminate(&mut self.child)
     }
+}
+
+/// Sends `child` SIGTERM and waits for it to exit.
+pub fn terminate(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    child.wait()
 }
 
 impl Drop for DevCluster {

@@ -1382,13 +1382,7 @@ impl MasterProcess {
     }
 
     pub fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        self.child.wait()
+        crate::terminate(&mut self.child)
     }
 }
 
