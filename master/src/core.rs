@@ -924,7 +924,7 @@ impl Master {
         let mut cluster = self.lock().await;
         *cluster = fresh;
         self.stale.store(false, Ordering::SeqCst);
-        // Agents may have been shown writes that are now undone.
+        // Polls refused while the cluster was stale: answer them now.
         let nodes: Vec<NodeId> = cluster.nodes.keys().cloned().collect();
         drop(cluster);
         self.bump_nodes(nodes);

@@ -88,7 +88,14 @@ impl ApiError {
             Some(l) => format!("this master is a follower; the leader is {l}"),
             None => "this master is a follower and no leader is elected yet".to_string(),
         };
-        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message);
+        ApiError::retry_soon("not_leader", message)
+    }
+
+    /// 503 with `Retry-After: 1`: nothing was done; the same request may
+    /// succeed in a moment (here or, for a client with several addresses,
+    /// at another master).
+    fn retry_soon(code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
         e.retry_after = Some(1);
         e
     }
@@ -125,13 +132,7 @@ impl From<CommitError> for ApiError {
             return ApiError::new(StatusCode::CONFLICT, "conflict", msg);
         }
         tracing::warn!(error = %e, "write not committed");
-        let mut err = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        );
-        err.retry_after = Some(1);
-        err
+        ApiError::retry_soon("unavailable", e.to_string())
     }
 }
 
@@ -707,15 +708,10 @@ async fn heartbeat(master: Arc<Master>, req: HeartbeatRequest) -> Answer {
 async fn poll(master: Arc<Master>, req: PollRequest) -> Answer {
     match master.poll(&req.node_id, req.known_version).await {
         Some((version, allocs)) => ok(&PollResponse { version, allocs }),
-        None => {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "this master cannot answer for now (stopping, no longer leading, or reloading after a failed write); poll again",
-            );
-            e.retry_after = Some(1);
-            Err(e)
-        }
+        None => Err(ApiError::retry_soon(
+            "unavailable",
+            "this master cannot answer for now (stopping, no longer leading, or reloading after a failed write); poll again",
+        )),
     }
 }
 
