@@ -161,13 +161,15 @@ pub struct PollRequest {
     pub known_version: u64,
 }
 
-/// The full set of allocations the node should be running.
+/// The full set of allocations the node should be running, and those it
+/// must stop.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollResponse {
     pub version: u64,
     /// Anything the agent runs that is not listed here must be killed;
     /// anything listed that it does not run yet must be started (launch is
-    /// idempotent on the alloc id).
+    /// idempotent on the alloc id), unless it is marked
+    /// [`Assignment::stop`].
     #[serde(default)]
     pub allocs: Vec<Assignment>,
 }
@@ -188,6 +190,13 @@ pub struct Assignment {
     pub gpus: Vec<u32>,
     /// Time between SIGTERM and SIGKILL when stopping it.
     pub kill_timeout_ms: u64,
+    /// The master is stopping this alloc and holds its resources until the
+    /// agent reports it ended: stop it (SIGTERM, SIGKILL after
+    /// `kill_timeout_ms`) and report `killed` once its processes are gone;
+    /// never start it. An alloc the agent never started is reported
+    /// `killed` at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop: bool,
 }
 
 /// The environment of one allocation: `user_env` plus Drover's variables
@@ -363,6 +372,7 @@ mod tests {
                 memory_bytes: 8 << 30,
                 gpus: vec![2],
                 kill_timeout_ms: 5000,
+                stop: false,
             }],
         };
         let json = round_trip(&resp);

@@ -43,6 +43,9 @@ pub const MAX_LABEL_BYTES: usize = 253;
 pub const MAX_RESTART_ATTEMPTS: u32 = 1000;
 /// Longest `restart.delay` / `restart.max_delay`: one year, as humantime counts it.
 pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(31_557_600);
+/// Longest `kill_timeout`: a stopping task holds its node's resources (and
+/// blocks its next attempt) for this long at worst.
+pub const MAX_KILL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// At most this many problems are listed; the rest are counted.
 pub const MAX_REPORTED_ERRORS: usize = 100;
 /// Prefix of the environment variables that Drover sets itself.
@@ -63,6 +66,7 @@ const ROOT_FIELDS: &[&str] = &[
     "resources",
     "constraints",
     "restart",
+    "kill_timeout",
 ];
 const ELASTIC_FIELDS: &[&str] = &["min", "max"];
 const RESOURCE_FIELDS: &[&str] = &["cpu", "memory", "gpu"];
@@ -100,6 +104,10 @@ pub struct JobSpec {
     pub resources: ResourceRequest,
     pub constraints: Constraints,
     pub restart: RestartPolicy,
+    /// How long a stopped task has between SIGTERM and SIGKILL; the
+    /// master's `scheduler.kill_grace` when `None`. At most
+    /// [`MAX_KILL_TIMEOUT`].
+    pub kill_timeout: Option<Duration>,
 }
 
 /// `batch` tasks run to completion; `service` tasks are restarted whenever they end.
@@ -251,6 +259,7 @@ impl JobSpec {
             resources: ResourceRequest::default(),
             constraints: Constraints::default(),
             restart: RestartPolicy::default(),
+            kill_timeout: None,
         }
     }
 
@@ -308,6 +317,7 @@ fn serialize_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Err
 impl Serialize for JobSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let len = 9
+            + usize::from(self.kill_timeout.is_some())
             + usize::from(self.policy.is_some())
             + usize::from(self.shards.is_some())
             + usize::from(self.elastic.is_some());
@@ -338,6 +348,10 @@ impl Serialize for JobSpec {
         st.serialize_field("resources", &self.resources)?;
         st.serialize_field("constraints", &self.constraints)?;
         st.serialize_field("restart", &self.restart)?;
+        match &self.kill_timeout {
+            Some(d) => st.serialize_field("kill_timeout", &humantime::format_duration(*d).to_string())?,
+            None => st.skip_field("kill_timeout")?,
+        }
         st.end()
     }
 }
@@ -1300,6 +1314,21 @@ fn validate(root: &Value) -> Result<JobSpec, ValidationErrors> {
         Got::Bad => (Got::Bad, Got::Bad),
     };
     let restart = cx.opt(map, "", "restart", check_restart);
+    let kill_timeout = cx.opt(map, "", "kill_timeout", |cx, p, v| {
+        let d = cx.duration(p, v)?;
+        if d > MAX_KILL_TIMEOUT {
+            cx.err(
+                p,
+                format!(
+                    "must be at most {}, got {}",
+                    humantime::format_duration(MAX_KILL_TIMEOUT),
+                    humantime::format_duration(d)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    });
 
     // Rules across fields.
     if count.present() && shards.present() {
@@ -1376,6 +1405,7 @@ fn validate(root: &Value) -> Result<JobSpec, ValidationErrors> {
             gpu_model: gpu_model.or_none(),
         },
         restart: restart.or(RestartPolicy::default()),
+        kill_timeout: kill_timeout.or_none(),
     })
 }
 

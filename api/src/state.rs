@@ -4,8 +4,13 @@
 //! ```text
 //! task:  pending → assigned → running → succeeded | failed | killed | lost
 //!        failed | lost → pending (new attempt, restart policy allows) | dead
+//!        assigned | running → stopping (the master stopped the attempt)
+//!        stopping → pending (requeued) | killed (job stopped), once the
+//!                   attempt's processes are gone or its node is down
+//!        pending → cancelled (job stopped before the attempt ran)
 //! alloc: assigned → running → succeeded | failed | killed | lost
 //!        assigned → failed | killed | lost
+//!        assigned | running → stopping → killed | succeeded | failed | lost
 //! ```
 
 use std::collections::HashSet;
@@ -85,12 +90,19 @@ state_enum! {
         Succeeded => "succeeded",
         /// Exited non-zero or could not start.
         Failed => "failed",
-        /// Stopped on purpose (job stopped).
+        /// The master stopped its attempt (preemption, drain, job update or
+        /// stop) and waits for the attempt's processes to exit; its
+        /// resources stay held on the node until then.
+        Stopping => "stopping",
+        /// Stopped on purpose (job stopped) after it had started.
         Killed => "killed",
         /// Its node went down.
         Lost => "lost",
         /// Failed or lost with no restart attempts left.
         Dead => "dead",
+        /// Its job was stopped while it waited to be placed: this attempt
+        /// never ran.
+        Cancelled => "cancelled",
     }
 }
 
@@ -99,6 +111,9 @@ state_enum! {
     AllocState, "allocation" {
         Assigned => "assigned",
         Running => "running",
+        /// The master asked for it to stop; its processes have not all
+        /// exited yet, so it still holds its cpu, memory and GPUs.
+        Stopping => "stopping",
         Succeeded => "succeeded",
         Failed => "failed",
         Killed => "killed",
@@ -137,13 +152,14 @@ state_enum! {
 }
 
 impl TaskState {
-    /// Nothing more happens to the task by itself: `succeeded`, `killed` or
-    /// `dead`. (`failed` and `lost` lead to a new attempt or to `dead`; a
-    /// service's succeeded task is restarted by the master regardless.)
+    /// Nothing more happens to the task by itself: `succeeded`, `killed`,
+    /// `dead` or `cancelled`. (`failed` and `lost` lead to a new attempt or
+    /// to `dead`; a service's succeeded task is restarted by the master
+    /// regardless.)
     pub const fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Succeeded | TaskState::Killed | TaskState::Dead
+            TaskState::Succeeded | TaskState::Killed | TaskState::Dead | TaskState::Cancelled
         )
     }
 }
@@ -151,21 +167,28 @@ impl TaskState {
 impl AllocState {
     /// `succeeded`, `failed`, `killed` or `lost`: the attempt is over for good.
     pub const fn is_terminal(self) -> bool {
-        !matches!(self, AllocState::Assigned | AllocState::Running)
+        !matches!(
+            self,
+            AllocState::Assigned | AllocState::Running | AllocState::Stopping
+        )
     }
 
     /// Whether an allocation in this state may move to `next`:
     /// assigned → running | succeeded | failed | killed | lost (a task may
     /// start and end between two agent reports);
-    /// running → succeeded | failed | killed | lost; terminal states never
-    /// change. Staying in the same state is not a transition (`false`);
-    /// callers treat a repeated report as a no-op.
+    /// running → succeeded | failed | killed | lost; assigned | running →
+    /// stopping (the master's decision, never an agent's report);
+    /// stopping → succeeded | failed | killed | lost (a late `running`
+    /// report is ignored); terminal states never change. Staying in the
+    /// same state is not a transition (`false`); callers treat a repeated
+    /// report as a no-op.
     pub const fn can_transition_to(self, next: AllocState) -> bool {
         use AllocState::*;
         matches!(
             (self, next),
-            (Assigned, Running | Succeeded | Failed | Killed | Lost)
-                | (Running, Succeeded | Failed | Killed | Lost)
+            (Assigned, Running | Stopping | Succeeded | Failed | Killed | Lost)
+                | (Running | Stopping, Succeeded | Failed | Killed | Lost)
+                | (Running, Stopping)
         )
     }
 
@@ -175,6 +198,7 @@ impl AllocState {
         match self {
             AllocState::Assigned => TaskState::Assigned,
             AllocState::Running => TaskState::Running,
+            AllocState::Stopping => TaskState::Stopping,
             AllocState::Succeeded => TaskState::Succeeded,
             AllocState::Failed => TaskState::Failed,
             AllocState::Killed => TaskState::Killed,
@@ -333,8 +357,8 @@ mod tests {
             assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
             assert_eq!(s.name().parse::<JobState>(), Ok(*s));
         }
-        assert_eq!(TaskState::ALL.len(), 8);
-        assert_eq!(AllocState::ALL.len(), 6);
+        assert_eq!(TaskState::ALL.len(), 10);
+        assert_eq!(AllocState::ALL.len(), 7);
         assert_eq!(JobState::ALL.len(), 5);
     }
 
@@ -353,7 +377,12 @@ mod tests {
         let terminal: Vec<_> = TaskState::ALL.iter().filter(|s| s.is_terminal()).collect();
         assert_eq!(
             terminal,
-            [&TaskState::Succeeded, &TaskState::Killed, &TaskState::Dead]
+            [
+                &TaskState::Succeeded,
+                &TaskState::Killed,
+                &TaskState::Dead,
+                &TaskState::Cancelled
+            ]
         );
         let terminal: Vec<_> = AllocState::ALL
             .iter()
@@ -378,10 +407,16 @@ mod tests {
             (Assigned, Failed),
             (Assigned, Killed),
             (Assigned, Lost),
+            (Assigned, Stopping),
             (Running, Succeeded),
             (Running, Failed),
             (Running, Killed),
             (Running, Lost),
+            (Running, Stopping),
+            (Stopping, Succeeded),
+            (Stopping, Failed),
+            (Stopping, Killed),
+            (Stopping, Lost),
         ];
         for &from in AllocState::ALL {
             for &to in AllocState::ALL {

@@ -12,6 +12,7 @@
 //! explanation `POST /v1/jobs/plan` shows.
 
 pub mod feasibility;
+pub mod nominated;
 pub mod registry;
 pub mod testkit;
 pub mod verify;
@@ -30,8 +31,10 @@ pub use elastic::ElasticSharding;
 pub use least_loaded::LeastLoaded;
 pub use priority::Priority;
 pub use round_robin::RoundRobin;
+pub use nominated::Nominated;
 pub use view::{
-    AllocView, ClusterView, Demand, Elastic, GpuView, NodeStatus, NodeView, TaskRequest,
+    AllocView, ClusterView, Demand, Elastic, GpuView, NodeStatus, NodeView, Reservation,
+    TaskRequest,
 };
 
 use drover_api::{AllocId, NodeId, TaskId};

@@ -150,6 +150,7 @@ impl JobBuilder {
             memory_bytes: self.demand.memory_bytes,
             gpus: gpus.to_vec(),
             elastic: self.elastic,
+            stopping: false,
         }
     }
 }

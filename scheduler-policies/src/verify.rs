@@ -38,9 +38,10 @@ fn fail<T>(msg: String) -> Result<T, Violation> {
 /// Checks that every queued task is answered exactly once (placed or
 /// waiting); that placements go only to ready, feasible nodes with the right
 /// number of free GPUs of the right model; that a preemption only evicts a
-/// live alloc of strictly lower priority, once, for a task placed right
-/// after; and that no node that receives work ends up over-committed in cpu,
-/// memory or any GPU device.
+/// live alloc of strictly lower priority that is not already stopping, once,
+/// for a task placed right after; and that no node that receives work ends
+/// up over-committed in cpu, memory or any GPU device, counting what
+/// stopping allocs still hold and what is reserved for preemptors.
 pub fn verify(
     view: &ClusterView,
     queue: &[TaskRequest],
@@ -63,6 +64,15 @@ pub fn verify(
             mem[ni] += a.memory_bytes;
             for g in &a.gpus {
                 gpu_holders[ni].insert(*g, a.id.to_string());
+            }
+        }
+    }
+    for r in view.reservations() {
+        if let Some(ni) = view.node_index(&r.node) {
+            cpu[ni] += r.cpu_millis;
+            mem[ni] += r.memory_bytes;
+            for g in &r.gpus {
+                gpu_holders[ni].insert(*g, format!("the reservation for {}", r.task));
             }
         }
     }
@@ -96,6 +106,9 @@ pub fn verify(
                     return fail(format!("preempts {victim}, which is not a live alloc"));
                 };
                 let a = &view.allocs()[ai];
+                if a.stopping {
+                    return fail(format!("preempts {victim}, which is already stopping"));
+                }
                 if a.priority >= task.priority {
                     return fail(format!(
                         "preempts {victim} (priority {}) for {} (priority {})",

@@ -50,7 +50,8 @@ pub struct NodeView {
     pub utilisation: f64,
 }
 
-/// An allocation the master considers live (assigned or running).
+/// An allocation the master considers live: assigned, running, or stopping
+/// (its processes have not exited yet, so it still holds what it had).
 #[derive(Debug, Clone)]
 pub struct AllocView {
     pub id: AllocId,
@@ -62,6 +63,22 @@ pub struct AllocView {
     pub gpus: Vec<u32>,
     /// Set when the alloc belongs to an elastic-sharding job.
     pub elastic: Option<Elastic>,
+    /// The master is stopping it: it holds its resources until it exits,
+    /// and it is never chosen as a preemption victim again.
+    pub stopping: bool,
+}
+
+/// Capacity held on a node for a task that preempted allocs there (its
+/// nominated node, as Kubernetes calls it): no other task may use it while
+/// the victims stop. The task itself is placed by [`crate::nominated`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub task: TaskId,
+    pub node: NodeId,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Device indices held for the task.
+    pub gpus: Vec<u32>,
 }
 
 impl AllocView {
@@ -101,11 +118,13 @@ impl TaskRequest {
 }
 
 /// The cluster at the start of a scheduling pass: nodes sorted by id, their
-/// GPUs sorted by index, and the live allocations.
+/// GPUs sorted by index, the live allocations, and the capacity reserved
+/// for preemptors.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     nodes: Vec<NodeView>,
     allocs: Vec<AllocView>,
+    reservations: Vec<Reservation>,
 }
 
 impl ClusterView {
@@ -117,7 +136,23 @@ impl ClusterView {
             node.gpus.sort_by_key(|g| g.index);
         }
         allocs.sort_by(|a, b| a.id.cmp(&b.id));
-        ClusterView { nodes, allocs }
+        ClusterView {
+            nodes,
+            allocs,
+            reservations: Vec::new(),
+        }
+    }
+
+    /// The same view with capacity reserved for these preemptors.
+    pub fn with_reservations(mut self, mut reservations: Vec<Reservation>) -> Self {
+        reservations.sort_by(|a, b| a.task.cmp(&b.task));
+        reservations.dedup_by(|a, b| a.task == b.task);
+        self.reservations = reservations;
+        self
+    }
+
+    pub fn reservations(&self) -> &[Reservation] {
+        &self.reservations
     }
 
     pub fn nodes(&self) -> &[NodeView] {

@@ -118,6 +118,21 @@ impl<'v> Workspace<'v> {
                 count_shard(&mut job_live, &mut job_on_node, alloc.job(), ni, true);
             }
         }
+        // Reserved capacity is as good as taken: the preemptor it is held
+        // for is placed outside the policies, once its victims are gone.
+        for r in view.reservations() {
+            let Some(ni) = view.node_index(&r.node) else {
+                continue;
+            };
+            let state = &mut nodes[ni];
+            state.used_cpu = state.used_cpu.saturating_add(r.cpu_millis);
+            state.used_mem = state.used_mem.saturating_add(r.memory_bytes);
+            for dev in &r.gpus {
+                if let Some(pos) = gpu_pos(view, ni, *dev) {
+                    state.gpu_used[pos] = true;
+                }
+            }
+        }
         let mut ws = Workspace {
             view,
             nodes,
@@ -293,12 +308,13 @@ impl<'v> Workspace<'v> {
         self.rekey(ni);
     }
 
-    /// Live, not yet preempted allocs on a node.
+    /// Live allocs on a node that are neither stopping nor preempted in
+    /// this pass: the ones that could still be asked to make room.
     pub(crate) fn live_allocs_on(&self, ni: usize) -> impl Iterator<Item = usize> + '_ {
         self.allocs_on[ni]
             .iter()
             .copied()
-            .filter(|ai| !self.preempted[*ai])
+            .filter(|ai| !self.preempted[*ai] && !self.view.allocs()[*ai].stopping)
     }
 
     pub(crate) fn preempt(&mut self, ai: usize, for_task: &TaskId) {

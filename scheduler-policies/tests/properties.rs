@@ -2,7 +2,9 @@
 //! over-committed (cpu, memory, each GPU device), no task is placed twice,
 //! only feasible nodes are chosen, only strictly lower priority is ever
 //! preempted, elastic jobs stay within `min`/`max`, and the same input gives
-//! the same decisions.
+//! the same decisions. Capacity held by stopping allocs, and capacity
+//! reserved for preemptors whose victims are stopping, is never handed out,
+//! and a stopping alloc is never preempted again.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +14,7 @@ use scheduler_policies::registry;
 use scheduler_policies::testkit::{job, node, JobBuilder, GIB};
 use scheduler_policies::verify::{verify, verify_elastic, Outcome};
 use scheduler_policies::{
-    AllocView, ClusterView, Decision, NodeStatus, NodeView, PolicyKind, TaskRequest,
+    AllocView, ClusterView, Decision, NodeStatus, NodeView, PolicyKind, Reservation, TaskRequest,
 };
 
 const MODELS: [&str; 2] = ["A100", "H100"];
@@ -100,8 +102,11 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         jobs,
         0usize..=8,
         prop::sample::select(PolicyKind::ALL.to_vec()),
+        // What each first-batch placement became: 0-1 a live alloc, 2 a
+        // stopping alloc, 3 a reservation for a preemptor.
+        prop::collection::vec(0u8..4, 64),
     )
-        .prop_map(|(nodes, jobs, split, first_policy)| {
+        .prop_map(|(nodes, jobs, split, first_policy, roles)| {
             let split = split.min(jobs.len());
             let empty = ClusterView::new(nodes.clone(), vec![]);
             let first: Vec<TaskRequest> = jobs[..split]
@@ -110,34 +115,50 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
                 .collect();
             let decisions = registry::build(first_policy).schedule(&empty, &first);
             let by_task: BTreeMap<_, _> = first.iter().map(|t| (t.task.clone(), t)).collect();
-            let allocs: Vec<AllocView> = decisions
-                .iter()
-                .filter_map(|d| match d {
-                    Decision::Place { task, node, gpus } => {
-                        let t = by_task[task];
-                        Some(AllocView {
-                            id: task.alloc(1),
-                            node: node.clone(),
-                            priority: t.priority,
-                            cpu_millis: t.demand.cpu_millis,
-                            memory_bytes: t.demand.memory_bytes,
-                            gpus: gpus.clone(),
-                            elastic: t.elastic,
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
+            let mut allocs: Vec<AllocView> = Vec::new();
+            let mut reservations = Vec::new();
+            let placements = decisions.iter().filter_map(|d| match d {
+                Decision::Place { task, node, gpus } => Some((task, node, gpus)),
+                _ => None,
+            });
+            for (i, (task, node, gpus)) in placements.enumerate() {
+                let t = by_task[task];
+                let role = roles[i % roles.len()];
+                if role == 3 {
+                    reservations.push(Reservation {
+                        task: task.clone(),
+                        node: node.clone(),
+                        cpu_millis: t.demand.cpu_millis,
+                        memory_bytes: t.demand.memory_bytes,
+                        gpus: gpus.clone(),
+                    });
+                    continue;
+                }
+                allocs.push(AllocView {
+                    id: task.alloc(1),
+                    node: node.clone(),
+                    priority: t.priority,
+                    cpu_millis: t.demand.cpu_millis,
+                    memory_bytes: t.demand.memory_bytes,
+                    gpus: gpus.clone(),
+                    elastic: t.elastic,
+                    stopping: role == 2,
+                });
+            }
             // The second queue: the jobs not yet submitted, plus the queued
             // leftovers of the first ones (their shards keep their ids).
-            let placed: Vec<_> = allocs.iter().map(|a| a.id.task.clone()).collect();
+            let placed: Vec<_> = allocs
+                .iter()
+                .map(|a| a.id.task.clone())
+                .chain(reservations.iter().map(|r| r.task.clone()))
+                .collect();
             let queue = jobs
                 .iter()
                 .flat_map(|(b, n)| b.tasks(*n))
                 .filter(|t| !placed.contains(&t.task))
                 .collect();
             Scenario {
-                view: ClusterView::new(nodes, allocs),
+                view: ClusterView::new(nodes, allocs).with_reservations(reservations),
                 queue,
             }
         })
@@ -166,6 +187,11 @@ fn fits_somewhere_after(
             cpu += a.cpu_millis;
             mem += a.memory_bytes;
             gpus.extend(&a.gpus);
+        }
+        for r in s.view.reservations().iter().filter(|r| r.node == n.id) {
+            cpu += r.cpu_millis;
+            mem += r.memory_bytes;
+            gpus.extend(&r.gpus);
         }
         for d in decisions {
             if let Decision::Place {
@@ -221,8 +247,40 @@ proptest! {
             allocs.reverse();
             let mut queue = s.queue.clone();
             queue.reverse();
-            let second = registry::build(kind).schedule(&ClusterView::new(nodes, allocs), &queue);
+            let mut reservations = s.view.reservations().to_vec();
+            reservations.reverse();
+            let view = ClusterView::new(nodes, allocs).with_reservations(reservations);
+            let second = registry::build(kind).schedule(&view, &queue);
             prop_assert_eq!(first, second, "{}", kind);
+        }
+    }
+
+    #[test]
+    fn what_stopping_allocs_hold_and_preemptors_reserve_is_never_handed_out(s in arb_scenario()) {
+        for kind in PolicyKind::ALL {
+            let decisions = registry::build(kind).schedule(&s.view, &s.queue);
+            for d in &decisions {
+                match d {
+                    Decision::Preempt { victim, .. } => {
+                        let a = s.view.allocs().iter().find(|a| a.id == *victim).unwrap();
+                        prop_assert!(!a.stopping, "{}: preempted {} again", kind, victim);
+                    }
+                    Decision::Place { task, node, gpus } => {
+                        for g in gpus {
+                            let held = s.view.allocs().iter().any(|a| {
+                                a.stopping && a.node == *node && a.gpus.contains(g)
+                            }) || s.view.reservations().iter().any(|r| {
+                                r.node == *node && r.gpus.contains(g)
+                            });
+                            prop_assert!(!held, "{}: gave {} GPU {} on {}, still held", kind, task, g, node);
+                        }
+                    }
+                    Decision::Wait { .. } => {}
+                }
+            }
+            // cpu and memory, per node, with stopping allocs and reservations counted.
+            verify(&s.view, &s.queue, &decisions)
+                .map_err(|v| TestCaseError::fail(format!("{kind}: {v}")))?;
         }
     }
 
