@@ -212,7 +212,7 @@ impl Agent {
                         s.reregister = false;
                     }
                     for alloc in resp.kill {
-                        self.stop(&alloc);
+                        self.stop(&alloc, None);
                     }
                     tracing::info!(node = %resp.node_id, master = self.client.current_addr(), "registered");
                     return Some(resp.node_id);
@@ -229,26 +229,55 @@ impl Agent {
         }
     }
 
-    fn stop(&self, alloc: &AllocId) {
+    /// SIGTERM to the alloc's process group, SIGKILL once `grace` has
+    /// passed (the agent's `kill_grace` when the master named none). The
+    /// exit is reported `killed` once the shim has seen the group gone.
+    fn stop(&self, alloc: &AllocId, grace: Option<Duration>) {
         lock(&self.shared).stopping.insert(alloc.clone());
-        if let Err(e) = lock(&self.executor).stop(alloc, Some(self.settings.kill_grace)) {
+        let grace = grace.unwrap_or(self.settings.kill_grace);
+        if let Err(e) = lock(&self.executor).stop(alloc, Some(grace)) {
             tracing::warn!(alloc = %alloc, error = %e, "could not stop alloc");
         }
     }
 
-    /// Makes the executor run exactly the desired allocs. Unwanted ones
-    /// are signalled first: a preempted task gets its SIGTERM before the
-    /// task that replaces it starts.
+    /// Makes the executor run exactly the desired allocs. Unwanted ones,
+    /// and those the master marks `stop`, are signalled first: a preempted
+    /// task gets its SIGTERM before the task that replaces it starts.
     pub fn reconcile(&self, desired: &[Assignment]) {
-        let wanted: BTreeSet<&AllocId> = desired.iter().map(|a| &a.alloc).collect();
+        let wanted: BTreeSet<&AllocId> = desired
+            .iter()
+            .filter(|a| !a.stop)
+            .map(|a| &a.alloc)
+            .collect();
+        let grace: BTreeMap<&AllocId, Duration> = desired
+            .iter()
+            .map(|a| (&a.alloc, Duration::from_millis(a.kill_timeout_ms)))
+            .collect();
         let running = lock(&self.executor).running();
         for (alloc, _) in running {
             if !wanted.contains(&alloc) && !lock(&self.shared).stopping.contains(&alloc) {
                 tracing::info!(alloc = %alloc, "no longer wanted here; stopping");
-                self.stop(&alloc);
+                self.stop(&alloc, grace.get(&alloc).copied());
             }
         }
-        for a in desired {
+        // The master holds a stopped alloc's resources until it hears the
+        // alloc has ended; one that never started here has ended already.
+        for a in desired.iter().filter(|a| a.stop) {
+            let recorded =
+                lock(&self.executor).record_unstarted(&a.alloc, "stopped before it started");
+            match recorded {
+                Ok(true) => {
+                    tracing::info!(alloc = %a.alloc, "stopped before it started");
+                    lock(&self.shared).stopping.insert(a.alloc.clone());
+                    self.report_now.notify_one();
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(alloc = %a.alloc, error = %e, "cannot record a stopped alloc")
+                }
+            }
+        }
+        for a in desired.iter().filter(|a| !a.stop) {
             let spec = LaunchSpec {
                 alloc: a.alloc.clone(),
                 command: a.command.clone(),
@@ -334,7 +363,7 @@ impl Agent {
         for (alloc, _) in running {
             if !lock(&self.shared).stopping.contains(&alloc) {
                 tracing::warn!(alloc = %alloc, ?limit, "masters unreachable too long; stopping task");
-                self.stop(&alloc);
+                self.stop(&alloc, None);
             }
         }
     }

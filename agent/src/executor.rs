@@ -21,11 +21,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_api::AllocId;
+use nix::errno::Errno;
 use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::unistd::{Pid, Uid, User};
 
@@ -176,6 +178,8 @@ pub enum ExecError {
     UnknownAlloc(AllocId),
     #[error("alloc {0} is still running")]
     StillRunning(AllocId),
+    #[error("cannot start {program}: {reason}")]
+    CannotStart { program: String, reason: String },
     #[error("cannot start the shim {program} for {alloc}: {source}")]
     Spawn {
         alloc: AllocId,
@@ -331,7 +335,7 @@ impl Executor {
             }
             Err(e) => return Err(io_err("cannot create", &dir)(e)),
         }
-        match self.start_shim(&spec, &dir) {
+        match check_program(&spec).and_then(|()| self.start_shim(&spec, &dir)) {
             Ok(id) => {
                 // Not saved here: `state.json` is a cache of the alloc dirs
                 // (LocalState::load merges them in), and an fsync per launch
@@ -487,6 +491,35 @@ impl Executor {
                 cpu_millis: spec.cpu_millis,
             },
         }
+    }
+
+    /// Records an alloc the master stopped before this node started it, as
+    /// ended with `message`, so that its end is reported like any exit (at
+    /// least once, across restarts) and it can never start. False, changing
+    /// nothing, if this node already knows the alloc or ever had it.
+    pub fn record_unstarted(&mut self, alloc: &AllocId, message: &str) -> Result<bool, ExecError> {
+        if self.state.get(alloc).is_some() {
+            return Ok(false);
+        }
+        let dir = self.alloc_dir(alloc);
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io_err("cannot create", &dir)(e)),
+        }
+        self.state.insert(AllocRecord {
+            alloc: alloc.clone(),
+            shim: None,
+            status: AllocStatus::Exited {
+                exit: ExitRecord::failed(message),
+            },
+            reported: false,
+        });
+        self.state.save()?;
+        Ok(true)
     }
 
     /// Asks the alloc's task to stop: SIGTERM to its process group now,
@@ -656,11 +689,16 @@ fn exited(alloc: &AllocId, exit: &ExitRecord) -> Exited {
             Ok(s) => format!("killed by {s}"),
             Err(_) => format!("killed by signal {sig}"),
         },
-        (None, None) => "failed".to_string(),
+        (None, None) => String::new(),
     };
     if let Some(m) = &exit.message {
-        message.push_str(": ");
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
         message.push_str(m);
+    }
+    if message.is_empty() {
+        message.push_str("ended without an exit status");
     }
     Exited {
         alloc: alloc.clone(),
@@ -694,6 +732,50 @@ fn write_json_unsynced<T: serde::Serialize>(path: &Path, value: &T) -> io::Resul
     tmp.push(".tmp");
     fs::write(&tmp, &bytes)?;
     fs::rename(&tmp, path)
+}
+
+/// Finds out before starting a shim whether the program can be executed at
+/// all, so that a command that does not exist fails at once, in one plain
+/// message, and is never reported running. A relative path with a `/` is
+/// left to the shim: it names a file in the task's work dir, made later.
+fn check_program(spec: &LaunchSpec) -> Result<(), ExecError> {
+    let Some(program) = spec.command.first() else {
+        return Ok(());
+    };
+    let cannot = |errno: Errno| ExecError::CannotStart {
+        program: program.clone(),
+        reason: errno.desc().to_string(),
+    };
+    let executable = |path: &Path| -> Result<(), Errno> {
+        let meta = fs::metadata(path)
+            .map_err(|e| e.raw_os_error().map_or(Errno::ENOENT, Errno::from_raw))?;
+        if meta.is_dir() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(Errno::EACCES);
+        }
+        Ok(())
+    };
+    if program.starts_with('/') {
+        return executable(Path::new(program)).map_err(cannot);
+    }
+    if program.contains('/') {
+        return Ok(());
+    }
+    let path = spec
+        .env
+        .get("PATH")
+        .map_or(crate::shim::DEFAULT_PATH, String::as_str);
+    let found = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| executable(&Path::new(d).join(program)).is_ok());
+    if found {
+        Ok(())
+    } else {
+        Err(ExecError::CannotStart {
+            program: program.clone(),
+            reason: format!("not found in PATH ({path})"),
+        })
+    }
 }
 
 fn validate(spec: &LaunchSpec) -> Result<(), ExecError> {

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_api::AllocId;
+use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
@@ -210,7 +211,11 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
         Ok(c) => c,
         Err(e) => {
             cgroup.cleanup();
-            return ExitRecord::failed(format!("cannot start {program:?}: {e}"));
+            // The words a shell would use: "No such file or directory".
+            let why = e
+                .raw_os_error()
+                .map_or_else(|| e.to_string(), |n| Errno::from_raw(n).desc().to_string());
+            return ExitRecord::failed(format!("cannot start {program}: {why}"));
         }
     };
     let Ok(raw_pid) = i32::try_from(child.id()) else {

@@ -67,6 +67,7 @@ fn gpu_assignment(alloc: &str, script: &str, gpus: &[u32]) -> Assignment {
         memory_bytes: 64 << 20,
         gpus: gpus.to_vec(),
         kill_timeout_ms: 2000,
+        stop: false,
     }
 }
 

@@ -235,10 +235,39 @@ fn a_command_that_does_not_exist_is_reported_as_failed() {
     let mut exec = fx.open();
     let mut spec = fx.spec(0, "");
     spec.command = vec!["/nonexistent/drover-test-program".into()];
-    exec.launch(spec).expect("launch");
+    let err = exec.launch(spec.clone()).expect_err("nothing to start");
+    let said = "cannot start /nonexistent/drover-test-program: No such file or directory";
+    assert_eq!(err.to_string(), said);
+    // Recorded as ended, in the same words, once; never started again.
     let exit = wait_exit(&mut exec, &fx.alloc(0));
     assert_eq!((exit.exit_code, exit.signal), (None, None), "{exit:?}");
-    assert!(exit.message.contains("cannot start"), "{}", exit.message);
+    assert_eq!(exit.message, said);
+    let again = exec.launch(spec).expect("known");
+    assert!(!again.started && again.exited && again.shim_pid.is_none());
+}
+
+#[test]
+fn a_program_missing_from_path_or_not_executable_fails_at_once() {
+    let fx = Fixture::new("not-in-path");
+    let mut exec = fx.open();
+    let mut spec = fx.spec(0, "");
+    spec.command = vec!["drover-no-such-program".into()];
+    spec.env.insert("PATH".into(), "/usr/bin:/bin".into());
+    let err = exec.launch(spec).expect_err("not in PATH");
+    assert_eq!(
+        err.to_string(),
+        "cannot start drover-no-such-program: not found in PATH (/usr/bin:/bin)"
+    );
+    let plain = fx.dir.path().join("plain-file");
+    std::fs::write(&plain, "not a program").unwrap();
+    std::fs::set_permissions(&plain, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut spec = fx.spec(1, "");
+    spec.command = vec![plain.display().to_string()];
+    let err = exec.launch(spec).expect_err("not executable");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot start {}: Permission denied", plain.display())
+    );
 }
 
 #[test]

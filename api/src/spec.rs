@@ -349,7 +349,9 @@ impl Serialize for JobSpec {
         st.serialize_field("constraints", &self.constraints)?;
         st.serialize_field("restart", &self.restart)?;
         match &self.kill_timeout {
-            Some(d) => st.serialize_field("kill_timeout", &humantime::format_duration(*d).to_string())?,
+            Some(d) => {
+                st.serialize_field("kill_timeout", &humantime::format_duration(*d).to_string())?
+            }
             None => st.skip_field("kill_timeout")?,
         }
         st.end()

@@ -186,8 +186,10 @@ impl AllocState {
         use AllocState::*;
         matches!(
             (self, next),
-            (Assigned, Running | Stopping | Succeeded | Failed | Killed | Lost)
-                | (Running | Stopping, Succeeded | Failed | Killed | Lost)
+            (
+                Assigned,
+                Running | Stopping | Succeeded | Failed | Killed | Lost
+            ) | (Running | Stopping, Succeeded | Failed | Killed | Lost)
                 | (Running, Stopping)
         )
     }

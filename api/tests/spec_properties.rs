@@ -154,6 +154,7 @@ prop_compose! {
         ),
         (resources, gpu_model) in resources_and_model(),
         restart in restart(),
+        kill_timeout in proptest::option::of((0..=3_600_000u64).prop_map(Duration::from_millis)),
         elastic_policy in policy_for(true),
         other_policy in policy_for(false),
     ) -> JobSpec {
@@ -177,6 +178,7 @@ prop_compose! {
             resources,
             constraints: Constraints { labels, gpu_model },
             restart,
+            kill_timeout,
         }
     }
 }

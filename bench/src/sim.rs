@@ -580,6 +580,9 @@ struct LiveAlloc {
 #[derive(Debug)]
 struct NodeState {
     live: BTreeMap<AllocId, LiveAlloc>,
+    /// Allocs the master stopped before this node started them, reported
+    /// `killed` once.
+    stopped_unstarted: BTreeSet<AllocId>,
     cpu_used: u64,
     memory_used: u64,
     gpus_used: BTreeSet<u32>,
@@ -638,6 +641,7 @@ impl SimNode {
             shape: NodeShape::of(index),
             state: Mutex::new(NodeState {
                 live: BTreeMap::new(),
+                stopped_unstarted: BTreeSet::new(),
                 cpu_used: 0,
                 memory_used: 0,
                 gpus_used: BTreeSet::new(),
@@ -695,7 +699,11 @@ impl SimNode {
     /// new ones start (and are checked against the node's capacity).
     /// Returns whether a report was queued.
     fn reconcile(&self, shared: &Shared, desired: &[Assignment]) -> bool {
-        let wanted: BTreeSet<&AllocId> = desired.iter().map(|a| &a.alloc).collect();
+        let wanted: BTreeSet<&AllocId> = desired
+            .iter()
+            .filter(|a| !a.stop)
+            .map(|a| &a.alloc)
+            .collect();
         let mut st = self.state();
         let mut book = shared.book();
         let mut queued = false;
@@ -705,15 +713,27 @@ impl SimNode {
             .filter(|a| !wanted.contains(a))
             .cloned()
             .collect();
-        for alloc in gone {
+        for alloc in &gone {
+            let alloc = alloc.clone();
             st.release(&alloc);
             Shared::set_phase(&mut book, &alloc, Phase::Taken);
             book.taken += 1;
             st.report(alloc, AllocState::Killed);
             queued = true;
         }
+        // A simulated process stops at once; one never started here has
+        // nothing to stop, but the master waits to hear that it ended.
+        for a in desired
+            .iter()
+            .filter(|a| a.stop && !gone.contains(&a.alloc))
+        {
+            if st.stopped_unstarted.insert(a.alloc.clone()) {
+                st.report(a.alloc.clone(), AllocState::Killed);
+                queued = true;
+            }
+        }
         let (cpu_cap, mem_cap) = self.shape.allocatable();
-        for a in desired {
+        for a in desired.iter().filter(|a| !a.stop) {
             if st.live.contains_key(&a.alloc)
                 || shared.assigned(&mut book, &a.alloc, self.index) == Seen::Stale
             {
@@ -1512,6 +1532,7 @@ mod tests {
             memory_bytes: MIB,
             gpus: gpus.to_vec(),
             kill_timeout_ms: 0,
+            stop: false,
         }
     }
 

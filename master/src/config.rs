@@ -159,6 +159,10 @@ pub struct SchedulerConfig {
     /// Longest time between scheduling passes (changes also trigger one).
     #[serde(deserialize_with = "duration")]
     pub pass_interval: Duration,
+    /// Time between SIGTERM and SIGKILL for a stopped task whose job sets
+    /// no `kill_timeout`.
+    #[serde(deserialize_with = "duration")]
+    pub kill_grace: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -166,6 +170,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             default_policy: PolicyKind::LeastLoaded,
             pass_interval: Duration::from_secs(1),
+            kill_grace: Duration::from_secs(5),
         }
     }
 }
@@ -333,6 +338,15 @@ impl MasterConfig {
             p.push(Problem::new(
                 "scheduler.pass_interval",
                 "must be greater than 0",
+            ));
+        }
+        if self.scheduler.kill_grace > drover_api::spec::MAX_KILL_TIMEOUT {
+            p.push(Problem::new(
+                "scheduler.kill_grace",
+                format!(
+                    "must be at most {} (a stopping task holds its node's resources)",
+                    humantime::format_duration(drover_api::spec::MAX_KILL_TIMEOUT)
+                ),
             ));
         }
         self.liveness.check(&mut p);
@@ -792,7 +806,7 @@ store:
     ca_file: /etc/drover/ca.pem
     cert_file: /etc/drover/client.pem
     key_file: /etc/drover/client.key
-scheduler: { default_policy: elastic-sharding, pass_interval: 250ms }
+scheduler: { default_policy: elastic-sharding, pass_interval: 250ms, kill_grace: 30s }
 liveness: { heartbeat_interval: 2s, node_timeout: 1m, suspect_after_missed: 5, max_down_per_second: 20 }
 api: { max_body: 4Mi, poll_timeout: 1m 30s }
 auth:
@@ -827,6 +841,7 @@ log: { level: "info,drover_master::store=debug", format: json }
             scheduler: SchedulerConfig {
                 default_policy: PolicyKind::ElasticSharding,
                 pass_interval: Duration::from_millis(250),
+                kill_grace: Duration::from_secs(30),
             },
             liveness: LivenessConfig {
                 heartbeat_interval: Duration::from_secs(2),

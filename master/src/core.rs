@@ -11,14 +11,16 @@ use drover_api::protocol::{
     RegisterResponse,
 };
 use drover_api::{AllocId, JobId, NodeId, PolicyKind, TaskId, TaskState};
-use scheduler_policies::{registry, ClusterView, Decision, Demand, Policy, TaskRequest};
+use scheduler_policies::{
+    nominated, registry, ClusterView, Decision, Demand, Nominated, Policy, TaskRequest,
+};
 use tokio::sync::{mpsc, oneshot, watch, Mutex, MutexGuard, Notify};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::lifecycle::{self, KillCause};
 use crate::metrics::Metrics;
-use crate::model::{Drain, NodeLive, NodeRecord, TaskRecord};
+use crate::model::{Drain, NodeLive, NodeRecord, Nomination, TaskRecord};
 use crate::state::{Changes, Cluster, Txn};
 use crate::store::{Batch, Store, StoreError};
 use crate::view::{build_view, demand_of, task_request};
@@ -299,6 +301,8 @@ impl Master {
         let default = self.settings.default_policy;
         let mut demands: BTreeMap<JobId, Arc<Demand>> = BTreeMap::new();
         let mut groups: BTreeMap<PolicyKind, Vec<TaskRequest>> = BTreeMap::new();
+        // Preemptors waiting for their victims: decided before the policies.
+        let mut nominated: Vec<(PolicyKind, TaskRequest, NodeId)> = Vec::new();
         let mut pending_since: BTreeMap<TaskId, u64> = BTreeMap::new();
         for tid in &cluster.pending {
             let (Some(task), Some(job)) = (cluster.tasks.get(tid), cluster.jobs.get(&tid.job))
@@ -314,10 +318,12 @@ impl Master {
                 .or_insert_with(|| Arc::new(demand_of(spec)));
             let since = task.history.last().map_or(now_ms, |t| t.at_unix_ms);
             pending_since.insert(tid.clone(), since.max(task.not_before_ms));
-            groups
-                .entry(spec.effective_policy(default))
-                .or_default()
-                .push(task_request(spec, tid.index, job.submit_seq, demand));
+            let kind = spec.effective_policy(default);
+            let request = task_request(spec, tid.index, job.submit_seq, demand);
+            match &task.nominated {
+                Some(n) => nominated.push((kind, request, n.node.clone())),
+                None => groups.entry(kind).or_default().push(request),
+            }
         }
         // Counted while staging, published only once the commit succeeds.
         let mut placed_by: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -326,24 +332,60 @@ impl Master {
         let mut waits = Vec::new();
         let changes = {
             let mut txn = Txn::new(&cluster);
+            let mut placed = |txn: &mut Txn<'_>, task: &TaskId, node: &NodeId, gpus, policy| {
+                if lifecycle::place(txn, task, node, gpus, policy, now_ms).is_some() {
+                    *placed_by.entry(policy).or_default() += 1;
+                    let since = pending_since.get(task).copied().unwrap_or(now_ms);
+                    latencies.push(now_ms.saturating_sub(since) as f64 / 1000.0);
+                }
+            };
+            if !nominated.is_empty() {
+                let view = build_view(&txn);
+                for (kind, request, node) in nominated {
+                    match nominated::decide(&view, &request) {
+                        Nominated::Place { gpus } => {
+                            placed(&mut txn, &request.task, &node, gpus, kind.name());
+                        }
+                        Nominated::Wait { reason } => waits.push((request.task, reason)),
+                        Nominated::Release => {
+                            if let Some(t) = txn.task_mut(&request.task) {
+                                t.nominated = None;
+                            }
+                            groups.entry(kind).or_default().push(request);
+                        }
+                    }
+                }
+            }
             let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
             for (kind, queue) in &groups {
                 let view: ClusterView = build_view(&txn);
                 let policy = policies
                     .entry(*kind)
                     .or_insert_with(|| registry::build(*kind));
+                // Tasks that evicted allocs in this pass, and how many.
+                let mut preempting: BTreeMap<TaskId, u32> = BTreeMap::new();
                 for decision in policy.schedule(&view, queue) {
                     match decision {
-                        Decision::Place { task, node, gpus } => {
-                            if lifecycle::place(&mut txn, &task, &node, gpus, kind.name(), now_ms)
-                                .is_some()
-                            {
-                                *placed_by.entry(kind.name()).or_default() += 1;
-                                let since = pending_since.get(&task).copied().unwrap_or(now_ms);
-                                latencies.push(now_ms.saturating_sub(since) as f64 / 1000.0);
+                        Decision::Place { task, node, gpus } => match preempting.remove(&task) {
+                            // The victims hold their room until they exit:
+                            // reserve it, and place the task once they have.
+                            Some(victims) => {
+                                if let Some(t) = txn.task_mut(&task) {
+                                    t.nominated = Some(Nomination {
+                                        node: node.clone(),
+                                        gpus,
+                                    });
+                                }
+                                let s = if victims == 1 { "" } else { "s" };
+                                let reason = format!(
+                                    "reserved on {node}: waiting for {victims} preempted alloc{s} to exit"
+                                );
+                                waits.push((task, reason));
                             }
-                        }
+                            None => placed(&mut txn, &task, &node, gpus, kind.name()),
+                        },
                         Decision::Preempt { victim, for_task } => {
+                            *preempting.entry(for_task.clone()).or_default() += 1;
                             if lifecycle::kill(
                                 &mut txn,
                                 &victim,
@@ -540,8 +582,6 @@ impl Master {
 
     fn assignments_now(&self, cluster: &Cluster, node: &NodeId) -> (u64, Vec<Assignment>) {
         let version = *self.node_version(node).borrow();
-        let kill_timeout_ms =
-            u64::try_from(self.settings.kill_timeout.as_millis()).unwrap_or(u64::MAX);
         let allocs = cluster
             .live_allocs_on(node)
             .filter_map(|a| {
@@ -555,7 +595,10 @@ impl Master {
                     cpu_millis: a.cpu_millis,
                     memory_bytes: a.memory_bytes,
                     gpus: a.gpus.clone(),
-                    kill_timeout_ms,
+                    kill_timeout_ms: lifecycle::duration_ms(
+                        spec.kill_timeout.unwrap_or(self.settings.kill_timeout),
+                    ),
+                    stop: a.is_stopping(),
                 })
             })
             .collect();
@@ -776,9 +819,13 @@ fn apply_reports(
             .task(&u.alloc.task)
             .and_then(TaskRecord::latest_alloc)
             .is_some_and(|a| a == u.alloc);
+        // A stopped attempt's task was requeued by whoever stopped it
+        // (preemption, drain, update), and counted then.
+        let stopping = txn.alloc(&u.alloc).is_some_and(|a| a.is_stopping());
         if lifecycle::report(txn, node, u, now_ms) {
             applied.ended |= u.state.is_terminal();
             if latest
+                && !stopping
                 && u.state.is_terminal()
                 && txn
                     .task(&u.alloc.task)

@@ -4,7 +4,15 @@
 //! transition appends a history entry with a reason and a time. Terminal
 //! alloc states never change; reports about allocs the master no longer
 //! considers live are ignored (fencing by alloc id).
+//!
+//! Stopping is not finishing: an alloc the master stops (preemption, drain,
+//! job update or stop) becomes `stopping` and keeps its cpu, memory and GPUs
+//! until its agent reports that its processes are gone, or its node is
+//! declared down. Its task is `stopping` meanwhile, and only then requeued
+//! (or, for a stopped job, `killed`), so two attempts of a task never run
+//! at once and a node never runs more than it has.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use drover_api::protocol::AllocUpdate;
@@ -43,6 +51,7 @@ fn new_task(id: TaskId, job_version: u64, attempts: u32, reason: &str, now_ms: u
         attempts,
         restarts: 0,
         not_before_ms: 0,
+        nominated: None,
         history: Vec::new(),
     };
     push(&mut t.history, TaskState::Pending, reason, now_ms);
@@ -75,9 +84,14 @@ pub fn submit(txn: &mut Txn<'_>, spec: JobSpec, now_ms: u64) -> Submitted {
     let reason = format!("job updated to version {version}");
     // Old attempts end; task ids keep their attempt counters so that alloc
     // ids are never reused.
+    // A task beyond the new count goes once its attempt has stopped; the
+    // others start their new version then.
+    let mut stopping = BTreeSet::new();
     for task_id in txn.task_ids_of(&id) {
-        end_live_attempt(txn, &task_id, &reason, now_ms);
-        if task_id.index >= count {
+        if stop_live_attempt(txn, &task_id, &reason, now_ms) {
+            stopping.insert(task_id.clone());
+        }
+        if task_id.index >= count && !stopping.contains(&task_id) {
             txn.delete_task(&task_id);
         }
     }
@@ -85,12 +99,25 @@ pub fn submit(txn: &mut Txn<'_>, spec: JobSpec, now_ms: u64) -> Submitted {
         let tid = id.task(index);
         let attempts = txn.task(&tid).map_or(0, |t| t.attempts);
         let mut task = new_task(tid.clone(), version, attempts, &reason, now_ms);
+        if stopping.contains(&tid) {
+            set_task(
+                &mut task,
+                TaskState::Stopping,
+                format!("{reason}; waiting for attempt {attempts} to stop"),
+                now_ms,
+            );
+        }
         if let Some(old) = txn.task(&tid) {
             let mut history = old.history.clone();
             history.append(&mut task.history);
             task.history = history;
         }
         txn.put_task(task);
+    }
+    for tid in stopping.iter().filter(|t| t.index >= count) {
+        if let Some(task) = txn.task_mut(tid) {
+            set_task(task, TaskState::Stopping, reason.clone(), now_ms);
+        }
     }
     let submit_seq = txn.next_seq();
     txn.put_job(JobRecord {
@@ -104,19 +131,26 @@ pub fn submit(txn: &mut Txn<'_>, spec: JobSpec, now_ms: u64) -> Submitted {
     Submitted::Updated
 }
 
-/// Kills the task's live alloc, if any, without touching the task's state.
-fn end_live_attempt(txn: &mut Txn<'_>, task_id: &TaskId, reason: &str, now_ms: u64) -> bool {
+/// Moves the task's latest alloc to `stopping` if it is assigned or
+/// running, without touching the task's state. True when that attempt is
+/// stopping now (also if it already was).
+fn stop_live_attempt(txn: &mut Txn<'_>, task_id: &TaskId, reason: &str, now_ms: u64) -> bool {
     let Some(alloc_id) = txn.task(task_id).and_then(TaskRecord::latest_alloc) else {
         return false;
     };
-    let Some(alloc) = txn.alloc_mut(&alloc_id) else {
+    let Some(alloc) = txn.alloc(&alloc_id) else {
         return false;
     };
+    if alloc.is_stopping() {
+        return true;
+    }
     if !alloc.is_live() {
         return false;
     }
-    alloc.state = AllocState::Killed;
-    push(&mut alloc.history, AllocState::Killed, reason, now_ms);
+    if let Some(alloc) = txn.alloc_mut(&alloc_id) {
+        alloc.state = AllocState::Stopping;
+        push(&mut alloc.history, AllocState::Stopping, reason, now_ms);
+    }
     true
 }
 
@@ -135,6 +169,7 @@ pub fn place(
         return None;
     }
     task.attempts += 1;
+    task.nominated = None;
     let alloc_id = task_id.alloc(task.attempts);
     let reason = format!("placed on {node} by {policy}");
     set_task(task, TaskState::Assigned, reason.clone(), now_ms);
@@ -155,38 +190,69 @@ pub fn place(
     Some(alloc_id)
 }
 
-/// Why an alloc is being stopped by the master, and what then happens to its task.
+/// Why an alloc is being stopped by the master. Once it has stopped, its
+/// task is `killed` if its job was stopped, else requeued at once without
+/// using a restart.
 #[derive(Debug, Clone)]
 pub enum KillCause {
-    /// The job was stopped: the task ends as killed.
+    /// The job was stopped.
     JobStopped,
-    /// Evicted for a higher-priority task: requeued at once, no restart used.
+    /// Evicted for a higher-priority task.
     Preempted { by: TaskId },
-    /// Its node is draining: requeued at once to run elsewhere.
+    /// Its node is draining.
     Drained { node: NodeId },
 }
 
-/// Stops a live alloc on the master's initiative.
+/// Stops a live alloc on the master's initiative: the alloc and its task
+/// become `stopping` until the agent reports the processes gone (see
+/// [`report`]) or the node is declared down ([`node_down`]). False if the
+/// alloc is not its task's latest attempt, or not assigned or running.
 pub fn kill(txn: &mut Txn<'_>, alloc_id: &AllocId, cause: KillCause, now_ms: u64) -> bool {
     let reason = match &cause {
         KillCause::JobStopped => "job stopped".to_string(),
         KillCause::Preempted { by } => format!("preempted by {by}"),
         KillCause::Drained { node } => format!("node {node} draining"),
     };
-    if !end_live_attempt(txn, &alloc_id.task, &reason, now_ms) {
+    let latest = txn.task(&alloc_id.task).and_then(TaskRecord::latest_alloc);
+    let assigned_or_running = txn
+        .alloc(alloc_id)
+        .is_some_and(|a| a.is_live() && !a.is_stopping());
+    if latest.as_ref() != Some(alloc_id) || !assigned_or_running {
         return false;
     }
-    let Some(task) = txn.task_mut(&alloc_id.task) else {
-        return true;
-    };
-    match cause {
-        KillCause::JobStopped => set_task(task, TaskState::Killed, reason, now_ms),
-        KillCause::Preempted { .. } | KillCause::Drained { .. } => {
-            task.not_before_ms = 0;
-            set_task(task, TaskState::Pending, reason, now_ms);
-        }
+    stop_live_attempt(txn, &alloc_id.task, &reason, now_ms);
+    if let Some(task) = txn.task_mut(&alloc_id.task) {
+        set_task(task, TaskState::Stopping, reason, now_ms);
     }
     true
+}
+
+/// The task's stopping attempt has ended (`how` says how, in words): the
+/// task is killed if its job was stopped, else requeued at once. A task
+/// that no longer exists in the job's current version is removed.
+fn stop_finished(txn: &mut Txn<'_>, task_id: &TaskId, how: &str, now_ms: u64) {
+    let job = txn.job(&task_id.job).cloned();
+    let Some(job) = job else {
+        return;
+    };
+    if task_id.index >= job.spec.task_count() {
+        txn.delete_task(task_id);
+        return;
+    }
+    let Some(task) = txn.task_mut(task_id) else {
+        return;
+    };
+    if job.stopped {
+        set_task(
+            task,
+            TaskState::Killed,
+            format!("{how}; job stopped"),
+            now_ms,
+        );
+    } else {
+        task.not_before_ms = 0;
+        set_task(task, TaskState::Pending, format!("{how}; requeued"), now_ms);
+    }
 }
 
 /// Moves work off a draining node: its service allocs, or with `all` every
@@ -219,9 +285,13 @@ pub fn report(txn: &mut Txn<'_>, node: &NodeId, update: &AllocUpdate, now_ms: u6
     let Some(alloc) = txn.alloc(&update.alloc) else {
         return false;
     };
-    if alloc.node != *node || !alloc.state.can_transition_to(update.state) {
+    if alloc.node != *node
+        || update.state == AllocState::Stopping
+        || !alloc.state.can_transition_to(update.state)
+    {
         return false;
     }
+    let was_stopping = alloc.is_stopping();
     let reason = describe_exit(update);
     let Some(alloc) = txn.alloc_mut(&update.alloc) else {
         return false;
@@ -238,6 +308,12 @@ pub fn report(txn: &mut Txn<'_>, node: &NodeId, update: &AllocUpdate, now_ms: u6
         .as_ref()
         != Some(&update.alloc)
     {
+        return true;
+    }
+    if was_stopping {
+        if txn.task(&task_id).map(|t| t.state) == Some(TaskState::Stopping) {
+            stop_finished(txn, &task_id, &reason, now_ms);
+        }
         return true;
     }
     if update.state == AllocState::Running {
@@ -290,13 +366,23 @@ pub fn node_down(txn: &mut Txn<'_>, node: &NodeId, now_ms: u64) {
             a.state = AllocState::Lost;
             push(&mut a.history, AllocState::Lost, reason.clone(), now_ms);
         }
-        if txn
-            .task(&alloc_id.task)
-            .and_then(TaskRecord::latest_alloc)
-            .as_ref()
-            == Some(&alloc_id)
-        {
+        let Some(task) = txn.task(&alloc_id.task) else {
+            continue;
+        };
+        if task.latest_alloc().as_ref() != Some(&alloc_id) {
+            continue;
+        }
+        // A lost attempt cannot be waited for: its task moves on now.
+        if task.state == TaskState::Stopping {
+            stop_finished(txn, &alloc_id.task, &reason, now_ms);
+        } else {
             attempt_ended(txn, &alloc_id.task, AllocState::Lost, &reason, now_ms);
+        }
+    }
+    // Room held here for preemptors is of no use any more.
+    for task_id in txn.nominated_on(node) {
+        if let Some(t) = txn.task_mut(&task_id) {
+            t.nominated = None;
         }
     }
 }
@@ -358,11 +444,13 @@ fn attempt_ended(txn: &mut Txn<'_>, task_id: &TaskId, how: AllocState, reason: &
     }
 }
 
-fn duration_ms(d: Duration) -> u64 {
+pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Stops a job: kills its live allocs and ends its pending tasks.
+/// Stops a job: its assigned and running allocs start stopping (their
+/// tasks end `killed` once they have), and its tasks waiting to be placed
+/// end `cancelled`.
 pub fn stop(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
     let Some(job) = txn.job_mut(job_id) else {
         return false;
@@ -376,8 +464,14 @@ pub fn stop(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
             }
         }
         if let Some(task) = txn.task_mut(&task_id) {
-            if !task.state.is_terminal() && task.state != TaskState::Failed {
-                set_task(task, TaskState::Killed, "job stopped", now_ms);
+            if task.state == TaskState::Pending {
+                task.nominated = None;
+                set_task(
+                    task,
+                    TaskState::Cancelled,
+                    "job stopped before it was placed",
+                    now_ms,
+                );
             }
         }
     }
@@ -547,23 +641,59 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_spec_is_a_new_version_that_kills_live_allocs_and_keeps_attempt_numbers() {
+    fn a_changed_spec_is_a_new_version_whose_tasks_wait_for_their_old_attempts_to_stop() {
         let (mut c, n1) = placed(3, 1);
         assert_eq!(
             step(&mut c, |t| submit(t, batch(2, 5), T0 + 10)),
             Submitted::Updated
         );
         assert_eq!(c.jobs[&JobId::new("web").unwrap()].version, 2);
-        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Killed);
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Stopping);
+        assert_eq!(c.live_allocs_on(&n1).count(), 1, "it still holds its room");
         assert!(
             !c.tasks.contains_key(&tid("web/2")),
-            "the third task is gone"
+            "the third task, which never ran, is gone"
         );
-        assert_eq!(task_state(&c, "web/0"), TaskState::Pending);
-        let next = step(&mut c, |t| {
+        assert_eq!(task_state(&c, "web/0"), TaskState::Stopping);
+        assert_eq!(c.tasks[&tid("web/0")].job_version, 2);
+        assert_eq!(task_state(&c, "web/1"), TaskState::Pending);
+        let early = step(&mut c, |t| {
             place(t, &tid("web/0"), &n1, vec![], "least-loaded", T0 + 11)
         });
+        assert_eq!(early, None, "no second attempt while the first runs");
+        step(&mut c, |t| {
+            report(
+                t,
+                &n1,
+                &update("web/0/1", AllocState::Killed, None),
+                T0 + 12,
+            )
+        });
+        assert_eq!(task_state(&c, "web/0"), TaskState::Pending);
+        let next = step(&mut c, |t| {
+            place(t, &tid("web/0"), &n1, vec![], "least-loaded", T0 + 13)
+        });
         assert_eq!(next, Some(aid("web/0/2")), "alloc ids are never reused");
+    }
+
+    #[test]
+    fn a_task_dropped_by_an_update_goes_once_its_attempt_has_stopped() {
+        let (mut c, n1) = placed(2, 1);
+        step(&mut c, |t| {
+            place(t, &tid("web/1"), &n1, vec![], "least-loaded", T0 + 1)
+        });
+        step(&mut c, |t| submit(t, batch(1, 1), T0 + 10));
+        assert_eq!(task_state(&c, "web/1"), TaskState::Stopping);
+        step(&mut c, |t| {
+            report(
+                t,
+                &n1,
+                &update("web/1/1", AllocState::Killed, None),
+                T0 + 12,
+            )
+        });
+        assert!(!c.tasks.contains_key(&tid("web/1")));
+        assert_eq!(c.allocs[&aid("web/1/1")].state, AllocState::Killed);
     }
 
     #[test]
@@ -719,8 +849,8 @@ mod tests {
     }
 
     #[test]
-    fn preemption_requeues_at_once_without_using_a_restart() {
-        let (mut c, _) = placed(1, 0);
+    fn a_preempted_task_is_requeued_once_its_attempt_has_exited_without_using_a_restart() {
+        let (mut c, n1) = placed(1, 0);
         let by = tid("urgent/0");
         assert!(step(&mut c, |t| kill(
             t,
@@ -728,24 +858,79 @@ mod tests {
             KillCause::Preempted { by: by.clone() },
             T0
         )));
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Stopping);
+        assert_eq!(task_state(&c, "web/0"), TaskState::Stopping);
+        assert_eq!(c.tasks[&tid("web/0")].reason(), "preempted by urgent/0");
+        assert!(c.pending.is_empty(), "not placeable while it stops");
+        assert!(
+            !step(&mut c, |t| kill(
+                t,
+                &aid("web/0/1"),
+                KillCause::JobStopped,
+                T0
+            )),
+            "a stopping alloc is not stopped twice"
+        );
+        // A late "running" changes nothing; the exit ends the attempt.
+        assert!(!step(&mut c, |t| report(
+            t,
+            &n1,
+            &update("web/0/1", AllocState::Running, None),
+            T0 + 1
+        )));
+        let mut gone = update("web/0/1", AllocState::Killed, None);
+        gone.signal = Some(15);
+        gone.message = Some("killed by SIGTERM".into());
+        assert!(step(&mut c, |t| report(t, &n1, &gone, T0 + 2)));
         let task = &c.tasks[&tid("web/0")];
         assert_eq!(
             (task.state, task.restarts, task.not_before_ms),
             (TaskState::Pending, 0, 0)
         );
-        assert_eq!(task.reason(), "preempted by urgent/0");
+        assert_eq!(task.reason(), "killed: killed by SIGTERM; requeued");
         assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Killed);
+        assert!(c.live_allocs_on(&n1).next().is_none());
     }
 
     #[test]
-    fn stopping_a_job_kills_its_live_allocs_and_pending_tasks() {
-        let (mut c, _) = placed(2, 1);
+    fn a_stopping_attempt_on_a_node_that_goes_down_is_not_waited_for() {
+        let (mut c, n1) = placed(2, 0);
+        step(&mut c, |t| {
+            place(t, &tid("web/1"), &n1, vec![], "least-loaded", T0)
+        });
+        step(&mut c, |t| {
+            kill(
+                t,
+                &aid("web/0/1"),
+                KillCause::Drained { node: n1.clone() },
+                T0,
+            )
+        });
+        step(&mut c, |t| {
+            kill(t, &aid("web/1/1"), KillCause::JobStopped, T0)
+        });
+        step(&mut c, |t| node_down(t, &n1, T0 + 5));
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Lost);
+        assert_eq!(task_state(&c, "web/0"), TaskState::Pending);
+        assert_eq!(c.tasks[&tid("web/0")].reason(), "node n1 down; requeued");
+        assert_eq!(task_state(&c, "web/1"), TaskState::Pending);
+    }
+
+    #[test]
+    fn stopping_a_job_stops_its_running_allocs_and_cancels_its_waiting_tasks() {
+        let (mut c, n1) = placed(2, 1);
         assert!(step(&mut c, |t| stop(t, &JobId::new("web").unwrap(), T0)));
-        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Killed);
-        assert_eq!(task_state(&c, "web/0"), TaskState::Killed);
-        assert_eq!(task_state(&c, "web/1"), TaskState::Killed);
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Stopping);
+        assert_eq!(task_state(&c, "web/0"), TaskState::Stopping);
+        assert_eq!(task_state(&c, "web/1"), TaskState::Cancelled);
+        assert_eq!(c.tasks[&tid("web/1")].attempts, 0, "it never ran");
         assert!(c.pending.is_empty());
         assert_eq!(job_state(&c), JobState::Stopped);
+        step(&mut c, |t| {
+            report(t, &n1, &update("web/0/1", AllocState::Killed, None), T0 + 1)
+        });
+        assert_eq!(task_state(&c, "web/0"), TaskState::Killed);
+        assert_eq!(c.tasks[&tid("web/0")].reason(), "killed; job stopped");
     }
 
     #[test]

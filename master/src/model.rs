@@ -39,7 +39,19 @@ pub struct TaskRecord {
     /// Earliest time (unix ms) the task may be placed again (restart delay).
     #[serde(default)]
     pub not_before_ms: u64,
+    /// Set while the task waits for the allocs it preempted to exit: the
+    /// room they leave is held for it (see `scheduler_policies::nominated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nominated: Option<Nomination>,
     pub history: Vec<Transition<TaskState>>,
+}
+
+/// Where a preemptor will run, and the GPU devices held for it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nomination {
+    pub node: NodeId,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
 }
 
 impl TaskRecord {
@@ -72,9 +84,15 @@ pub struct AllocRecord {
 }
 
 impl AllocRecord {
-    /// Assigned or running: holds resources and is wanted on its node.
+    /// Assigned, running or stopping: holds resources on its node.
     pub fn is_live(&self) -> bool {
         !self.state.is_terminal()
+    }
+
+    /// Being stopped by the master: still holds its resources, but its node
+    /// must stop it rather than run it.
+    pub fn is_stopping(&self) -> bool {
+        self.state == AllocState::Stopping
     }
 }
 
@@ -153,7 +171,11 @@ pub fn job_state(stopped: bool, counts: &TaskCounts) -> JobState {
         JobState::Failed
     } else if total > 0 && counts.get(TaskState::Succeeded) == total {
         JobState::Complete
-    } else if counts.get(TaskState::Running) + counts.get(TaskState::Assigned) > 0 {
+    } else if counts.get(TaskState::Running)
+        + counts.get(TaskState::Assigned)
+        + counts.get(TaskState::Stopping)
+        > 0
+    {
         JobState::Running
     } else {
         JobState::Pending

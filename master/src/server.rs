@@ -24,6 +24,7 @@ impl Settings {
             max_down_per_second: c.liveness.max_down_per_second,
             default_policy: c.scheduler.default_policy,
             pass_interval: c.scheduler.pass_interval,
+            kill_timeout: c.scheduler.kill_grace,
             poll_timeout: c.api.poll_timeout,
             max_body_bytes: c.api.max_body.bytes(),
             ..Settings::default()

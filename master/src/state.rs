@@ -29,6 +29,9 @@ pub struct Cluster {
     pub counts: BTreeMap<JobId, TaskCounts>,
     pub pending: BTreeSet<TaskId>,
     pub live_allocs_by_node: BTreeMap<NodeId, BTreeSet<AllocId>>,
+    /// Pending tasks that hold a nomination (room reserved on a node while
+    /// the allocs they preempted stop).
+    pub nominated: BTreeSet<TaskId>,
     /// Why each pending task is still waiting, from the last pass.
     pub wait_reasons: BTreeMap<TaskId, String>,
     pub next_seq: u64,
@@ -85,6 +88,7 @@ impl Cluster {
                 c.add(t.state, -1);
             }
             self.pending.remove(&t.id);
+            self.nominated.remove(&t.id);
         }
         if let Some(t) = new {
             self.counts
@@ -93,6 +97,9 @@ impl Cluster {
                 .add(t.state, 1);
             if t.state == TaskState::Pending {
                 self.pending.insert(t.id.clone());
+                if t.nominated.is_some() {
+                    self.nominated.insert(t.id.clone());
+                }
             } else {
                 self.wait_reasons.remove(&t.id);
             }
@@ -368,6 +375,37 @@ impl<'c> Txn<'c> {
             }
         }
         ids.into_iter().collect()
+    }
+
+    /// Pending tasks holding a nomination, staged changes included, in id
+    /// order.
+    pub fn nominated(&self) -> Vec<&TaskRecord> {
+        let mut out: BTreeMap<&TaskId, &TaskRecord> = self
+            .base
+            .nominated
+            .iter()
+            .filter_map(|id| self.base.tasks.get(id).map(|t| (id, t)))
+            .collect();
+        for (id, rec) in &self.changes.tasks {
+            match rec {
+                Some(t) if t.state == TaskState::Pending && t.nominated.is_some() => {
+                    out.insert(id, t);
+                }
+                _ => {
+                    out.remove(id);
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+
+    /// Tasks holding a nomination for `node`, staged changes included.
+    pub fn nominated_on(&self, node: &NodeId) -> Vec<TaskId> {
+        self.nominated()
+            .into_iter()
+            .filter(|t| t.nominated.as_ref().is_some_and(|n| n.node == *node))
+            .map(|t| t.id.clone())
+            .collect()
     }
 
     /// Every live alloc, staged changes included.

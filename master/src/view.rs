@@ -4,14 +4,15 @@ use std::sync::Arc;
 
 use drover_api::JobSpec;
 use scheduler_policies::{
-    AllocView, ClusterView, Demand, GpuView, NodeStatus, NodeView, TaskRequest,
+    AllocView, ClusterView, Demand, GpuView, NodeStatus, NodeView, Reservation, TaskRequest,
 };
 
 use crate::state::Txn;
 
-/// Nodes with their allocatable capacity (capacity less reserved), and every
-/// live alloc, staged ones included so that several policies in one pass see
-/// each other's placements.
+/// Nodes with their allocatable capacity (capacity less reserved), every
+/// live alloc (stopping ones too: they hold what they had until they exit),
+/// and the room held for preemptors; staged changes included, so that
+/// several policies in one pass see each other's decisions.
 pub fn build_view(txn: &Txn<'_>) -> ClusterView {
     let cluster = txn.base;
     let nodes = cluster
@@ -68,9 +69,25 @@ pub fn build_view(txn: &Txn<'_>) -> ClusterView {
             memory_bytes: a.memory_bytes,
             gpus: a.gpus.clone(),
             elastic: txn.job(&a.id.task.job).and_then(|j| j.spec.elastic),
+            stopping: a.is_stopping(),
         })
         .collect();
-    ClusterView::new(nodes, allocs)
+    let reservations = txn
+        .nominated()
+        .into_iter()
+        .filter_map(|t| {
+            let n = t.nominated.as_ref()?;
+            let spec = &txn.job(&t.id.job)?.spec;
+            Some(Reservation {
+                task: t.id.clone(),
+                node: n.node.clone(),
+                cpu_millis: spec.resources.cpu.millis(),
+                memory_bytes: spec.resources.memory.bytes(),
+                gpus: n.gpus.clone(),
+            })
+        })
+        .collect();
+    ClusterView::new(nodes, allocs).with_reservations(reservations)
 }
 
 /// What each task of a job needs from a node.

@@ -468,6 +468,17 @@ async fn submitting_a_changed_spec_answers_200_updated_at_version_2_and_replaces
     assert_eq!(v["outcome"], "updated");
     assert_eq!(v["version"], 2);
 
+    // The version-1 attempts are stopping: they hold n1 until they exit,
+    // and the version-2 tasks wait for them.
+    let tasks = h.get("/v1/jobs/render/tasks").await.expect(200);
+    assert_eq!(ids_of(&tasks), ["render/0", "render/1", "render/2"]);
+    for t in tasks.as_array().unwrap() {
+        assert_eq!(t["state"], "stopping", "{t}");
+    }
+    assert_eq!(h.schedule().await, 0, "no attempt 2 while attempt 1 runs");
+    for a in ["render/0/1", "render/1/1", "render/2/1"] {
+        h.report_one("n1", a, AllocState::Killed, None).await;
+    }
     let tasks = h.get("/v1/jobs/render/tasks").await.expect(200);
     assert_eq!(ids_of(&tasks), ["render/0", "render/1"], "{tasks}");
     for t in tasks.as_array().unwrap() {
@@ -687,6 +698,16 @@ async fn deleting_a_job_stops_it_and_kills_its_live_allocs() {
     assert_eq!(v["state"], "stopped", "{v}");
     let job = h.get("/v1/jobs/render").await.expect(200);
     assert_eq!(job["state"], "stopped");
+    assert_eq!(job["tasks"], json!({"stopping": 2}), "{job}");
+    // The node is told to stop them, and holds them until they have exited.
+    let stop: Vec<_> = h.poll("n1", 0).await.allocs;
+    assert!(stop.iter().all(|a| a.stop) && stop.len() == 2, "{stop:?}");
+    let n = h.get("/v1/nodes/n1").await.expect(200);
+    assert_eq!(n["allocated"]["cpu_millis"], 1000, "{n}");
+    for a in ["render/0/1", "render/1/1"] {
+        h.report_one("n1", a, AllocState::Killed, None).await;
+    }
+    let job = h.get("/v1/jobs/render").await.expect(200);
     assert_eq!(job["tasks"], json!({"killed": 2}), "{job}");
     for a in ["render/0/1", "render/1/1"] {
         let alloc = h.get(&format!("/v1/allocs/{a}")).await.expect(200);

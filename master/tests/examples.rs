@@ -106,8 +106,21 @@ impl Dev {
 
     /// Reports every assigned alloc of `job` running, as its agent would.
     async fn report_running(&self, job: &str) {
+        self.report(job, AllocState::Assigned, AllocState::Running)
+            .await;
+    }
+
+    /// What the agents say once the processes of `job`'s stopping allocs
+    /// have exited.
+    async fn report_stopped(&self, job: &str) {
+        self.report(job, AllocState::Stopping, AllocState::Killed)
+            .await;
+    }
+
+    /// Reports `to` for the latest alloc of each of `job`'s tasks that is `from`.
+    async fn report(&self, job: &str, from: AllocState, to: AllocState) {
         for t in self.tasks(job).await {
-            let Some(a) = t.latest().filter(|a| a.state == AllocState::Assigned) else {
+            let Some(a) = t.latest().filter(|a| a.state == from) else {
                 continue;
             };
             self.master
@@ -117,7 +130,7 @@ impl Dev {
                     usage: NodeUsage::default(),
                     updates: vec![AllocUpdate {
                         alloc: a.id.clone(),
-                        state: AllocState::Running,
+                        state: to,
                         exit_code: None,
                         signal: None,
                         message: None,
@@ -213,11 +226,21 @@ async fn the_high_priority_example_preempts_the_low_priority_one_which_is_requeu
     assert_eq!(dev.schedule().await, 2, "backfill takes both fake GPUs");
     dev.report_running("backfill").await;
     dev.submit("preempt-high.yaml").await;
-    // One pass evicts the backfill tasks; the next places urgent on the
-    // freed GPUs (the evicted allocs must be gone first).
+    // One pass evicts the backfill tasks and reserves their GPUs for
+    // urgent, which starts only once the evicted processes have exited.
     for _ in 0..3 {
         dev.schedule().await;
     }
+    let urgent = dev.tasks("urgent").await;
+    assert_eq!(count(&urgent, TaskState::Pending), 2, "{urgent:?}");
+    for t in &urgent {
+        let waiting = t.waiting.as_deref().unwrap_or_default();
+        assert!(waiting.contains("waiting for 1 stopping alloc"), "{t:?}");
+    }
+    let backfill = dev.tasks("backfill").await;
+    assert_eq!(count(&backfill, TaskState::Stopping), 2, "{backfill:?}");
+    dev.report_stopped("backfill").await;
+    dev.schedule().await;
     let urgent = dev.tasks("urgent").await;
     assert_eq!(count(&urgent, TaskState::Assigned), 2, "{urgent:?}");
     let backfill = dev.tasks("backfill").await;

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_api::protocol::{HeartbeatRequest, NodeUsage, Offer};
-use drover_api::{AllocId, JobSpec, NodeId, TaskState};
+use drover_api::protocol::{AllocUpdate, HeartbeatRequest, NodeUsage, Offer};
+use drover_api::{AllocId, AllocState, JobSpec, NodeId, TaskState};
 use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
 use drover_master::lifecycle;
@@ -49,6 +49,10 @@ async fn register(m: &Master, id: &str, running: Vec<AllocId>) -> Vec<AllocId> {
 }
 
 async fn heartbeat(m: &Master, id: &str) {
+    report(m, id, vec![]).await;
+}
+
+async fn report(m: &Master, id: &str, updates: Vec<AllocUpdate>) {
     let resp = m
         .heartbeat(HeartbeatRequest {
             node_id: nid(id),
@@ -62,7 +66,7 @@ async fn heartbeat(m: &Master, id: &str) {
                 memory_bytes: 0,
                 allocs: Default::default(),
             },
-            updates: vec![],
+            updates,
         })
         .await
         .unwrap();
@@ -225,6 +229,24 @@ async fn a_draining_node_keeps_batch_work_until_the_deadline_then_it_moves() {
         vec![("web/0".to_string(), "n1".to_string())]
     );
     seconds_pass(&m, 2, &["n1", "n2"]).await;
+    // Past the deadline the alloc stops, but holds n1 until it has exited:
+    // no second attempt starts meanwhile.
+    m.schedule_pass().await.unwrap();
+    assert_eq!(
+        placements(&m).await,
+        vec![("web/0".to_string(), "n1".to_string())]
+    );
+    let (_, on_n1) = m.assignments(&nid("n1")).await.unwrap();
+    assert!(on_n1[0].stop, "n1 is told to stop it: {on_n1:?}");
+    let exited = AllocUpdate {
+        alloc: "web/0/1".parse().unwrap(),
+        state: AllocState::Killed,
+        exit_code: None,
+        signal: Some(15),
+        message: Some("killed by SIGTERM".into()),
+        at_unix_ms: m.clock.wall_ms(),
+    };
+    report(&m, "n1", vec![exited]).await;
     m.schedule_pass().await.unwrap();
     assert_eq!(
         placements(&m).await,

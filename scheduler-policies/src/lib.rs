@@ -29,9 +29,9 @@ mod workspace;
 pub use drover_api::PolicyKind;
 pub use elastic::ElasticSharding;
 pub use least_loaded::LeastLoaded;
+pub use nominated::Nominated;
 pub use priority::Priority;
 pub use round_robin::RoundRobin;
-pub use nominated::Nominated;
 pub use view::{
     AllocView, ClusterView, Demand, Elastic, GpuView, NodeStatus, NodeView, Reservation,
     TaskRequest,

@@ -133,12 +133,14 @@ mod tests {
         let mut victim = low.alloc_on(0, "g1", &[0, 1]);
         victim.stopping = true;
         let r = reservation(&high[0], "g1", &[0, 1]);
-        let view = ClusterView::new(nodes.clone(), vec![victim])
-            .with_reservations(vec![r.clone()]);
+        let view = ClusterView::new(nodes.clone(), vec![victim]).with_reservations(vec![r.clone()]);
         let Nominated::Wait { reason } = decide(&view, &high[0]) else {
             panic!("the victim still holds both GPUs");
         };
-        assert_eq!(reason, "reserved on g1: waiting for 1 stopping alloc to exit");
+        assert_eq!(
+            reason,
+            "reserved on g1: waiting for 1 stopping alloc to exit"
+        );
         let gone = ClusterView::new(nodes, vec![]).with_reservations(vec![r]);
         assert_eq!(
             decide(&gone, &high[0]),
@@ -151,9 +153,15 @@ mod tests {
         let nodes = vec![node("n1").cpu(2000).build()];
         let a = job("a").priority(90).cpu(1500).tasks(1);
         let b = job("b").priority(80).cpu(1000).tasks(1);
-        let view = ClusterView::new(nodes, vec![])
-            .with_reservations(vec![reservation(&a[0], "n1", &[]), reservation(&b[0], "n1", &[])]);
-        assert_eq!(decide(&view, &a[0]), Nominated::Release, "b holds 1000m of 2000m");
+        let view = ClusterView::new(nodes, vec![]).with_reservations(vec![
+            reservation(&a[0], "n1", &[]),
+            reservation(&b[0], "n1", &[]),
+        ]);
+        assert_eq!(
+            decide(&view, &a[0]),
+            Nominated::Release,
+            "b holds 1000m of 2000m"
+        );
     }
 
     #[test]
@@ -161,8 +169,11 @@ mod tests {
         let nodes = vec![node("n1").cpu(2000).mem(4 * GIB).build()];
         let high = job("high").priority(90).cpu(4000).tasks(1);
         // Nothing is stopping and the node is too small: it never fits.
-        let view = ClusterView::new(nodes.clone(), vec![])
-            .with_reservations(vec![reservation(&high[0], "n1", &[])]);
+        let view = ClusterView::new(nodes.clone(), vec![]).with_reservations(vec![reservation(
+            &high[0],
+            "n1",
+            &[],
+        )]);
         assert_eq!(decide(&view, &high[0]), Nominated::Release);
         let none = ClusterView::new(nodes, vec![]);
         assert_eq!(decide(&none, &high[0]), Nominated::Release);

@@ -170,7 +170,7 @@ fn unknown_fields_are_rejected_at_every_level_with_the_allowed_list() {
         shown,
         [
             "cont: unknown field, expected one of name, type, priority, policy, count, shards, \
-             elastic, command, env, resources, constraints, restart",
+             elastic, command, env, resources, constraints, restart, kill_timeout",
             "elastic.mid: unknown field, expected one of min, max",
             "resources.disk: unknown field, expected one of cpu, memory, gpu",
             "constraints.label: unknown field, expected one of labels, gpu_model",
