@@ -432,8 +432,17 @@ impl Agent {
             }
         }
         self.metrics.set_usage(&usage);
-        self.metrics
-            .set_alloc_states([(AllocState::Running, running.len())]);
+        let stopping = {
+            let shared = lock(&self.shared);
+            running
+                .iter()
+                .filter(|(a, _)| shared.stopping.contains(a))
+                .count()
+        };
+        self.metrics.set_alloc_states([
+            (AllocState::Running, running.len() - stopping),
+            (AllocState::Stopping, stopping),
+        ]);
         usage
     }
 

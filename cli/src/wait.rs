@@ -185,7 +185,11 @@ fn summary(job: &JobView, tasks: &[TaskView], took: Duration) -> String {
                 .filter(|t| {
                     matches!(
                         t.state,
-                        TaskState::Dead | TaskState::Failed | TaskState::Killed | TaskState::Lost
+                        TaskState::Dead
+                            | TaskState::Failed
+                            | TaskState::Killed
+                            | TaskState::Lost
+                            | TaskState::Cancelled
                     )
                 })
                 .cloned()

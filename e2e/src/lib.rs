@@ -341,6 +341,23 @@ impl Job {
         self
     }
 
+    /// `resources.gpu`.
+    pub fn gpus(mut self, n: u32) -> Job {
+        self.spec["resources"]["gpu"] = n.into();
+        self
+    }
+
+    /// `kill_timeout`, e.g. `"10s"`.
+    pub fn kill_timeout(self, d: &str) -> Job {
+        self.set("kill_timeout", d)
+    }
+
+    /// One entry of `env`.
+    pub fn env(mut self, key: &str, value: &str) -> Job {
+        self.spec["env"][key] = value.into();
+        self
+    }
+
     /// `restart: {attempts, delay}`.
     pub fn restart(mut self, attempts: u32, delay: &str) -> Job {
         self.spec["restart"] = serde_json::json!({ "attempts": attempts, "delay": delay });
@@ -474,7 +491,7 @@ impl AgentProc {
         self.child.as_ref().map(Child::id)
     }
 
-    fn spawn(&mut self, masters: &[SocketAddr], kill_grace: Duration) {
+    fn spawn(&mut self, masters: &[SocketAddr], kill_grace: Duration, fake_gpus: u32) {
         let masters: Vec<String> = masters.iter().map(|m| format!("\"{m}\"")).collect();
         let config = format!(
             "masters: [{masters}]\n\
@@ -482,11 +499,13 @@ impl AgentProc {
              data_dir: {data}\n\
              log_listen: 127.0.0.1:0\n\
              labels: {{ slot: {node} }}\n\
-             kill_grace: {grace}ms\n",
+             kill_grace: {grace}ms\n\
+             fake_gpus: [{gpus}]\n",
             masters = masters.join(", "),
             node = self.node,
             data = serde_json::Value::from(self.data_dir().display().to_string()),
             grace = kill_grace.as_millis(),
+            gpus = vec!["{model: T4, memory: 16Gi}"; fake_gpus as usize].join(", "),
         );
         let config_path = self.dir.join("agent.yaml");
         fs::write(&config_path, config).expect("writing an agent config");
@@ -559,6 +578,7 @@ pub struct ClusterBuilder {
     kill_grace: Duration,
     /// Masters on a private etcd (0: one master on the embedded store).
     etcd_masters: usize,
+    fake_gpus: u32,
 }
 
 impl ClusterBuilder {
@@ -580,6 +600,12 @@ impl ClusterBuilder {
 
     pub fn default_policy(mut self, policy: &'static str) -> Self {
         self.default_policy = policy;
+        self
+    }
+
+    /// Each agent reports `n` pretend GPUs (model `T4`).
+    pub fn fake_gpus(mut self, n: u32) -> Self {
+        self.fake_gpus = n;
         self
     }
 
@@ -645,6 +671,7 @@ impl ClusterBuilder {
             client,
             scratch,
             kill_grace: self.kill_grace,
+            fake_gpus: self.fake_gpus,
             node_timeout: self.node_timeout,
             root,
         };
@@ -683,6 +710,7 @@ pub struct Cluster {
     client: Client,
     scratch: PathBuf,
     kill_grace: Duration,
+    fake_gpus: u32,
     node_timeout: Duration,
     // Last, so that it is removed after every process is gone.
     root: TempDir,
@@ -700,6 +728,7 @@ impl Cluster {
             default_policy: "least-loaded",
             kill_grace: Duration::from_millis(500),
             etcd_masters: 0,
+            fake_gpus: 0,
         }
     }
 
@@ -807,7 +836,7 @@ impl Cluster {
             .await
             .map_or(0, |n| n.registered_at_ms);
         let masters: Vec<SocketAddr> = self.masters.iter().map(MasterProc::addr).collect();
-        self.agents[i].spawn(&masters, self.kill_grace);
+        self.agents[i].spawn(&masters, self.kill_grace, self.fake_gpus);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(n) = self.client.node(&node).await {

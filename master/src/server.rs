@@ -27,7 +27,6 @@ impl Settings {
             kill_timeout: c.scheduler.kill_grace,
             poll_timeout: c.api.poll_timeout,
             max_body_bytes: c.api.max_body.bytes(),
-            ..Settings::default()
         }
     }
 }
