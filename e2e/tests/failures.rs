@@ -242,7 +242,9 @@ async fn draining_a_node_moves_its_service_tasks_to_the_other_nodes_and_keeps_ne
     assert!(node.allocs.is_empty(), "{node:?}");
     let old = cluster.client().alloc(&moved[0].alloc(1)).await.unwrap();
     assert_eq!(old.state, AllocState::Killed, "{old:?}");
-    let reason = &old.history.last().expect("a history").reason;
+    // Stopped for the drain, and ended once its process had exited.
+    let stopping = old.history.iter().find(|h| h.state == AllocState::Stopping);
+    let reason = &stopping.expect("a stopping phase").reason;
     assert!(reason.contains("draining"), "{reason}");
     let placements = cluster.placements(&job.id()).await;
     assert!(!placements.contains_key(&n1), "{placements:?}");

@@ -268,7 +268,11 @@ async fn a_high_priority_job_preempts_a_low_priority_one_which_is_requeued_and_c
     assert_eq!(view.attempts.len(), 1, "{view:?}");
     let victim = &view.attempts[0];
     assert_eq!(victim.state, AllocState::Killed, "{victim:?}");
-    let reason = &victim.history.last().expect("a history").reason;
+    let stopping = victim
+        .history
+        .iter()
+        .find(|h| h.state == AllocState::Stopping);
+    let reason = &stopping.expect("a stopping phase").reason;
     assert!(reason.contains("preempted by high/0"), "{reason}");
     // While the high job holds the node, the low one waits and says why
     // (from the next scheduling pass on).
