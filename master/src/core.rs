@@ -363,7 +363,7 @@ impl Master {
                     .entry(*kind)
                     .or_insert_with(|| registry::build(*kind));
                 // Tasks that evicted allocs in this pass, and how many.
-                let mut preempting: BTreeMap<TaskId, u32> = BTreeMap::new();
+                let mut preempting: BTreeMap<TaskId, usize> = BTreeMap::new();
                 for decision in policy.schedule(&view, queue) {
                     match decision {
                         Decision::Place { task, node, gpus } => match preempting.remove(&task) {
@@ -376,11 +376,7 @@ impl Master {
                                         gpus,
                                     });
                                 }
-                                let s = if victims == 1 { "" } else { "s" };
-                                let reason = format!(
-                                    "reserved on {node}: waiting for {victims} preempted alloc{s} to exit"
-                                );
-                                waits.push((task, reason));
+                                waits.push((task, nominated::waiting_reason(&node, victims)));
                             }
                             None => placed(&mut txn, &task, &node, gpus, kind.name()),
                         },

@@ -82,10 +82,10 @@ pub fn submit(txn: &mut Txn<'_>, spec: JobSpec, now_ms: u64) -> Submitted {
     }
     let version = existing.version + 1;
     let reason = format!("job updated to version {version}");
-    // Old attempts end; task ids keep their attempt counters so that alloc
-    // ids are never reused.
-    // A task beyond the new count goes once its attempt has stopped; the
-    // others start their new version then.
+    // Old attempts stop; task ids keep their attempt counters so that alloc
+    // ids are never reused. A task whose attempt is stopping waits for it:
+    // one beyond the new count is removed then, the others start their new
+    // version then.
     let mut stopping = BTreeSet::new();
     for task_id in txn.task_ids_of(&id) {
         if stop_live_attempt(txn, &task_id, &reason, now_ms) {

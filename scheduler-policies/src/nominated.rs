@@ -8,6 +8,8 @@
 //! a reservation, so it cannot preempt a second set of victims while the
 //! first set is still stopping.
 
+use drover_api::NodeId;
+
 use crate::feasibility::{gpu_model_matches, static_misfit};
 use crate::view::{ClusterView, NodeView, Reservation, TaskRequest};
 
@@ -69,14 +71,17 @@ pub fn decide(view: &ClusterView, task: &TaskRequest) -> Nominated {
     match gpus {
         Some(gpus) => Nominated::Place { gpus },
         None if stopping > 0 => Nominated::Wait {
-            reason: format!(
-                "reserved on {}: waiting for {stopping} stopping alloc{} to exit",
-                node.id,
-                if stopping == 1 { "" } else { "s" }
-            ),
+            reason: waiting_reason(&node.id, stopping),
         },
         None => Nominated::Release,
     }
+}
+
+/// Why a preemptor waits: the same words on the pass that preempted and on
+/// every pass after.
+pub fn waiting_reason(node: &NodeId, stopping: usize) -> String {
+    let s = if stopping == 1 { "" } else { "s" };
+    format!("reserved on {node}: waiting for {stopping} stopping alloc{s} to exit")
 }
 
 /// The devices reserved for the task when they are all free, else the
