@@ -124,6 +124,80 @@ fn allocs_the_master_no_longer_wants_are_stopped_and_reported_killed() {
 }
 
 #[test]
+fn an_alloc_marked_stop_gets_its_kill_timeout_and_is_reported_once_its_group_is_gone() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    // Ignores SIGTERM: only the SIGKILL after the alloc's own kill timeout
+    // (300 ms, not the agent's 2 s kill_grace) ends it.
+    let mut stubborn = assignment("svc/0/1", "trap '' TERM; while :; do sleep 0.05; done");
+    a.reconcile(std::slice::from_ref(&stubborn));
+    wait_for(&a, "svc/0/1", AllocState::Running);
+    stubborn.stop = true;
+    stubborn.kill_timeout_ms = 300;
+    let asked = Instant::now();
+    a.reconcile(std::slice::from_ref(&stubborn));
+    a.reconcile(std::slice::from_ref(&stubborn));
+    let killed = wait_for(&a, "svc/0/1", AllocState::Killed);
+    let took = asked.elapsed();
+    assert_eq!(killed.signal, Some(9), "{killed:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "SIGKILL after the alloc's kill timeout, took {took:?}"
+    );
+    assert!(!a.is_running(&"svc/0/1".parse().unwrap()));
+    let runs = a
+        .pending_updates()
+        .into_iter()
+        .filter(|u| u.state == AllocState::Running)
+        .count();
+    assert_eq!(runs, 1, "a stop never starts anything");
+}
+
+#[test]
+fn an_alloc_stopped_before_it_started_here_is_reported_killed_and_never_starts() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    let mut never = assignment("job/0/1", "echo ran > ran");
+    never.stop = true;
+    a.reconcile(std::slice::from_ref(&never));
+    a.reconcile(std::slice::from_ref(&never));
+    let killed = wait_for(&a, "job/0/1", AllocState::Killed);
+    assert_eq!(killed.message.as_deref(), Some("stopped before it started"));
+    let reports: Vec<_> = a.pending_updates();
+    assert_eq!(
+        reports.len(),
+        1,
+        "one report, however often asked: {reports:?}"
+    );
+    // Should the master ever ask it to run after all, it does not.
+    never.stop = false;
+    a.reconcile(std::slice::from_ref(&never));
+    assert!(!a.is_running(&"job/0/1".parse().unwrap()));
+    assert!(!dir.path().join("allocs/job/0/1/work/ran").exists());
+}
+
+#[test]
+fn a_command_that_cannot_start_fails_once_in_plain_words_and_is_never_running() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = agent(dir.path());
+    let mut missing = assignment("job/0/1", "");
+    missing.command = vec!["/nonexistent".into()];
+    a.reconcile(std::slice::from_ref(&missing));
+    let failed = wait_for(&a, "job/0/1", AllocState::Failed);
+    assert_eq!(
+        failed.message.as_deref(),
+        Some("cannot start /nonexistent: No such file or directory")
+    );
+    assert!(
+        a.pending_updates()
+            .iter()
+            .all(|u| u.state != AllocState::Running),
+        "{:?}",
+        a.pending_updates()
+    );
+}
+
+#[test]
 fn a_task_never_outlives_its_shim() {
     let dir = tempfile::TempDir::new().unwrap();
     let a = agent(dir.path());

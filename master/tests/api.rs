@@ -2356,3 +2356,41 @@ async fn every_answer_reads_back_unchanged_through_the_client_types() {
     ));
     assert_reads_back_unchanged::<StopAnswer>("purge", purged);
 }
+
+#[tokio::test]
+async fn room_freed_by_preemption_is_held_for_the_preemptor_even_across_a_restart() {
+    let h = Harness::new().await;
+    h.add_node("n1").await; // 4 cpus
+    let low = json!({"priority": 10, "policy": "priority", "resources": {"cpu": "2"}});
+    h.create(&spec_with("low", 2, low)).await;
+    assert_eq!(h.schedule().await, 2);
+    for a in ["low/0/1", "low/1/1"] {
+        h.report_one("n1", a, AllocState::Running, None).await;
+    }
+    let high = json!({"priority": 90, "policy": "priority", "resources": {"cpu": "2"}});
+    h.create(&spec_with("high", 1, high)).await;
+    assert_eq!(h.schedule().await, 0, "the victim still runs");
+    let victim = h.get("/v1/allocs/low/0/1").await.expect(200);
+    assert_eq!(victim["state"], "stopping", "{victim}");
+    let t = h.get("/v1/tasks/high/0").await.expect(200);
+    assert_eq!(
+        t["waiting"], "reserved on n1: waiting for 1 stopping alloc to exit",
+        "{t}"
+    );
+    // A task that would fit in the freed room arrives meanwhile; a master
+    // restart forgets nothing of the reservation.
+    let mid = json!({"priority": 50, "policy": "least-loaded", "resources": {"cpu": "2"}});
+    h.create(&spec_with("mid", 1, mid)).await;
+    let h = h.restart().await;
+    h.add_node("n1").await;
+    assert_eq!(h.schedule().await, 0);
+    h.report_one("n1", "low/0/1", AllocState::Killed, None)
+        .await;
+    assert_eq!(h.schedule().await, 1);
+    assert_eq!(h.node_of("high/0/1").await, "n1");
+    let mid = h.get("/v1/tasks/mid/0").await.expect(200);
+    assert_eq!(mid["state"], "pending", "the room was not mid's: {mid}");
+    let low = h.get("/v1/tasks/low/0").await.expect(200);
+    assert_eq!(low["state"], "pending", "{low}");
+    assert_eq!(low["restarts"], 0, "{low}");
+}
