@@ -129,9 +129,18 @@ fn an_alloc_marked_stop_gets_its_kill_timeout_and_is_reported_once_its_group_is_
     let a = agent(dir.path());
     // Ignores SIGTERM: only the SIGKILL after the alloc's own kill timeout
     // (300 ms, not the agent's 2 s kill_grace) ends it.
-    let mut stubborn = assignment("svc/0/1", "trap '' TERM; while :; do sleep 0.05; done");
+    let mut stubborn = assignment(
+        "svc/0/1",
+        "trap '' TERM; touch ignoring; while :; do sleep 0.05; done",
+    );
     a.reconcile(std::slice::from_ref(&stubborn));
     wait_for(&a, "svc/0/1", AllocState::Running);
+    let ignoring = dir.path().join("allocs/svc/0/1/work/ignoring");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ignoring.exists() {
+        assert!(Instant::now() < deadline, "the task never set its trap");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     stubborn.stop = true;
     stubborn.kill_timeout_ms = 300;
     let asked = Instant::now();

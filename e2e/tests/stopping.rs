@@ -19,16 +19,34 @@ use drover_e2e::{eventually, read_lines, sh_quote, Cluster, Job};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A task that records its start, and on SIGTERM takes 2 s before it
-/// records its end and exits. `sleep` runs in the background and is waited
-/// for, so that the shell runs its trap as soon as the signal arrives.
+/// A task that, on SIGTERM, takes 2 s before it records its end and exits.
+/// It records its start once its trap is set (see [`wait_started`]).
+/// `sleep` runs in the background and is waited for, so that the shell
+/// runs its trap as soon as the signal arrives.
 fn slow_to_stop(events: &Path) -> String {
     let f = sh_quote(events.display().to_string());
     format!(
-        "echo \"start $DROVER_ALLOC_ID $(date +%s%N) ${{CUDA_VISIBLE_DEVICES:-}}\" >> {f}\n\
-         trap 'sleep 2; echo \"end $DROVER_ALLOC_ID $(date +%s%N)\" >> {f}; exit 0' TERM\n\
+        "trap 'sleep 2; echo \"end $DROVER_ALLOC_ID $(date +%s%N)\" >> {f}; exit 0' TERM\n\
+         echo \"start $DROVER_ALLOC_ID $(date +%s%N) ${{CUDA_VISIBLE_DEVICES:-}}\" >> {f}\n\
          while :; do sleep 0.1 & wait $!; done\n"
     )
+}
+
+/// Waits until `n` tasks have recorded their start: a `running` report
+/// only says the shim started, not that the task's trap is set yet.
+async fn wait_started(events: &Path, n: usize) {
+    eventually("the tasks to record their start", WAIT, || async {
+        let started = read_lines(events)
+            .iter()
+            .filter(|l| l.starts_with("start "))
+            .count();
+        if started >= n {
+            Ok(())
+        } else {
+            Err(format!("{started} started"))
+        }
+    })
+    .await;
 }
 
 /// A task that records its start, works for `secs` and records its end.
@@ -180,6 +198,7 @@ async fn a_preemptor_starts_only_once_its_victims_have_exited_and_takes_their_gp
         .kill_timeout("10s");
     cluster.submit(&low).await;
     cluster.wait_running(&low.id(), WAIT).await;
+    wait_started(&events, 2).await;
     let high = Job::batch("high", &works_for(&events, 1))
         .policy("priority")
         .priority(90)
@@ -257,6 +276,7 @@ async fn a_drained_service_moves_only_once_its_old_process_has_exited() {
         .kill_timeout("10s");
     cluster.submit(&web).await;
     let first = cluster.wait_running(&web.id(), WAIT).await;
+    wait_started(&events, 1).await;
     let from = first[0].latest().unwrap().node.clone();
     cluster
         .client()
@@ -300,6 +320,7 @@ async fn an_updated_job_starts_its_new_version_once_the_old_attempt_has_exited()
         .kill_timeout("10s");
     cluster.submit(&v1).await;
     cluster.wait_running(&v1.id(), WAIT).await;
+    wait_started(&events, 1).await;
     let v2 = v1.clone().env("VERSION", "2");
     let answer = cluster
         .client()
@@ -348,6 +369,7 @@ async fn a_stopped_job_frees_its_node_only_once_its_processes_have_exited() {
         }
     })
     .await;
+    wait_started(&events, 2).await;
     cluster.client().stop(&old.id(), false).await.expect("stop");
     let next = Job::batch("next", &works_for(&events, 0)).cpu_millis(all);
     cluster.submit(&next).await;
