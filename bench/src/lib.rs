@@ -229,6 +229,62 @@ pub struct Throughput {
     pub elapsed: Duration,
     /// Tasks that needed more than one attempt (should be 0).
     pub retried: usize,
+    /// Tasks/s over each tenth of the tasks, in the order they finished
+    /// (by the master's clock): a run that slows down as it goes shows it.
+    pub tenths: Vec<f64>,
+}
+
+/// Tasks/s over each tenth of `done` (finish times in unix ms, any order),
+/// counting from `start_ms`. Empty when there are fewer than 10.
+pub fn rates_by_tenth(start_ms: u64, mut done: Vec<u64>) -> Vec<f64> {
+    done.sort_unstable();
+    let n = done.len();
+    if n < 10 {
+        return Vec::new();
+    }
+    let mut from = start_ms;
+    (1..=10)
+        .map(|k| {
+            let (lo, hi) = ((k - 1) * n / 10, k * n / 10);
+            let to = done[hi - 1];
+            let secs = (to.saturating_sub(from)).max(1) as f64 / 1000.0;
+            from = to;
+            (hi - lo) as f64 / secs
+        })
+        .collect()
+}
+
+/// How fast this machine itself starts and reaps `/bin/true`: one thread
+/// per core, each spawning (posix_spawn, as std does when no hook runs
+/// between fork and exec) and waiting for processes in a loop, `total` in
+/// all. The ceiling for any launcher of trivial tasks here.
+pub fn spawn_limit(total: u32, threads: usize) -> anyhow::Result<f64> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let next = std::sync::Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let next = std::sync::Arc::clone(&next);
+            std::thread::spawn(move || -> std::io::Result<()> {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let status = Command::new("/bin/true")
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()?;
+                    if !status.success() {
+                        return Err(std::io::Error::other(format!("/bin/true: {status}")));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a spawning thread panicked"))??;
+    }
+    Ok(f64::from(total) / started.elapsed().as_secs_f64())
 }
 
 impl Throughput {
@@ -245,6 +301,9 @@ pub async fn throughput(client: &Client, tasks: u32) -> anyhow::Result<Throughpu
     );
     let job = JobId::new(name)?;
     let started = Instant::now();
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut last_report = started;
     client.submit(&spec, SpecFormat::Yaml).await?;
     let view = wait_until(
@@ -265,15 +324,16 @@ pub async fn throughput(client: &Client, tasks: u32) -> anyhow::Result<Throughpu
     if view.state != JobState::Complete {
         bail!("the job ended {} ({:?})", view.state, view.tasks);
     }
-    let retried = client
-        .tasks(&job)
-        .await?
+    let views = client.tasks(&job).await?;
+    let retried = views.iter().filter(|t| t.attempts.len() != 1).count();
+    let done = views
         .iter()
-        .filter(|t| t.attempts.len() != 1)
-        .count();
+        .filter_map(|t| t.history.last().map(|h| h.at_unix_ms))
+        .collect();
     Ok(Throughput {
         tasks,
         elapsed,
         retried,
+        tenths: rates_by_tenth(started_ms, done),
     })
 }

@@ -4,10 +4,11 @@
 //!
 //!   cargo build --release --bins && target/release/drover-bench latency --n 200
 //!   target/release/drover-bench throughput --tasks 10000
+//!   target/release/drover-bench spawn-limit
 //!   target/release/drover-bench sim --nodes 1000 --tasks 100000 --jobs 100 --runs 3
 
 use clap::{Parser, Subcommand};
-use drover_bench::{drover_binary, latency, throughput, DevCluster, Summary};
+use drover_bench::{drover_binary, latency, spawn_limit, throughput, DevCluster, Summary};
 
 mod sim_cmd;
 
@@ -25,12 +26,22 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         n: usize,
     },
-    /// /bin/true tasks per second on one agent, from submit to complete.
+    /// /bin/true tasks per second on one agent, from submit to complete,
+    /// also as a share of this machine's spawn-limit and per tenth of the run.
     Throughput {
         #[arg(long, default_value_t = 10_000)]
         tasks: u32,
         /// Runs, each on a fresh cluster (min/median/max reported).
         #[arg(long, default_value_t = 1)]
+        runs: u32,
+    },
+    /// /bin/true started and reaped as fast as this machine allows: one
+    /// thread per core spawning and waiting in a loop.
+    SpawnLimit {
+        #[arg(long, default_value_t = 20_000)]
+        processes: u32,
+        /// Runs (min/median/max reported).
+        #[arg(long, default_value_t = 3)]
         runs: u32,
     },
     /// A real drover-master driven by simulated agents in this process:
@@ -46,6 +57,10 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         n: u32,
     },
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn ms(d: std::time::Duration) -> String {
@@ -74,24 +89,46 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::Throughput { tasks, runs } => {
             let drover = drover_binary()?;
+            let limit = spawn_limit(10_000, cores())?;
+            eprintln!("spawn-limit: {limit:.0} processes/s");
             let mut rates = Vec::new();
             for run in 1..=runs {
                 let cluster = DevCluster::start(&drover, 1)?;
                 let t = throughput(&cluster.client(), tasks).await?;
+                let tenths: Vec<String> = t.tenths.iter().map(|r| format!("{r:.0}")).collect();
                 eprintln!(
-                    "run {run}: {} tasks in {:.2} s = {:.0} tasks/s ({} retried)",
+                    "run {run}: {} tasks in {:.2} s = {:.0} tasks/s ({} retried); per tenth: {}",
                     t.tasks,
                     t.elapsed.as_secs_f64(),
                     t.tasks_per_second(),
-                    t.retried
+                    t.retried,
+                    tenths.join(" ")
                 );
                 rates.push(t.tasks_per_second());
             }
             rates.sort_by(f64::total_cmp);
-            println!("| tasks | runs | min | median | max |");
-            println!("|---|---|---|---|---|");
+            let median = rates[rates.len() / 2];
+            println!("| tasks | runs | min | median | max | median / spawn-limit |");
+            println!("|---|---|---|---|---|---|");
             println!(
-                "| {tasks} | {runs} | {:.0}/s | {:.0}/s | {:.0}/s |",
+                "| {tasks} | {runs} | {:.0}/s | {median:.0}/s | {:.0}/s | {:.1} % of {limit:.0}/s |",
+                rates[0],
+                rates[rates.len() - 1],
+                100.0 * median / limit
+            );
+        }
+        Bench::SpawnLimit { processes, runs } => {
+            let threads = cores();
+            let mut rates = Vec::new();
+            for _ in 0..runs.max(1) {
+                rates.push(spawn_limit(processes, threads)?);
+            }
+            rates.sort_by(f64::total_cmp);
+            println!("| processes | threads | runs | min | median | max |");
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| {processes} | {threads} | {} | {:.0}/s | {:.0}/s | {:.0}/s |",
+                rates.len(),
                 rates[0],
                 rates[rates.len() / 2],
                 rates[rates.len() - 1]

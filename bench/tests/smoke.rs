@@ -2,7 +2,9 @@
 //! benchmarks still work and that what they measure is correct (every task
 //! runs once and succeeds), not how fast it is.
 
-use drover_bench::{drover_binary, latency, throughput, DevCluster, Summary};
+use drover_bench::{
+    drover_binary, latency, rates_by_tenth, spawn_limit, throughput, DevCluster, Summary,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_submissions_each_reach_running_and_are_measured() {
@@ -30,4 +32,24 @@ async fn a_small_throughput_run_completes_every_task_exactly_once() {
         .await
         .unwrap();
     assert_eq!(job.count(drover_api::TaskState::Succeeded), 100, "{job:?}");
+    assert_eq!(t.tenths.len(), 10, "{t:?}");
+    assert!(t.tenths.iter().all(|r| r.is_finite() && *r > 0.0), "{t:?}");
+}
+
+#[test]
+fn the_spawn_limit_starts_and_reaps_every_process() {
+    let rate = spawn_limit(200, 2).unwrap();
+    assert!(rate.is_finite() && rate > 0.0, "{rate}");
+}
+
+#[test]
+fn rates_by_tenth_count_each_tenth_from_the_end_of_the_one_before() {
+    // 20 tasks: two finish every 100 ms, then the last tenth takes 1 s.
+    let mut done: Vec<u64> = (1..=18u64).map(|i| 1000 + i.div_ceil(2) * 100).collect();
+    done.extend([2900, 2900]);
+    let r = rates_by_tenth(1000, done);
+    assert_eq!(r.len(), 10);
+    assert!(r[..9].iter().all(|x| (*x - 20.0).abs() < 1e-9), "{r:?}");
+    assert!((r[9] - 2.0).abs() < 1e-9, "{r:?}");
+    assert!(rates_by_tenth(0, vec![1, 2, 3]).is_empty());
 }
