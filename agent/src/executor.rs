@@ -23,12 +23,12 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_api::AllocId;
 use nix::errno::Errno;
-use nix::sys::signal::{kill, SigmaskHow, Signal};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Pid, Uid, User};
 
 use crate::local_state::{
@@ -36,7 +36,7 @@ use crate::local_state::{
     AllocStatus, ExitRecord, LoadOutcome, LocalState, ShimIdentity, StateError, ALLOCS_DIR,
     LAUNCH_FILE, REPORTED_FILE, SHIM_FILE, SHIM_LOG, STDERR_LOG, STDOUT_LOG, WORK_DIR,
 };
-use crate::shim::{self, CgroupPlan, ChildSetup, ShimPlan, TaskIds, SHIM_ARG};
+use crate::shim::{self, CgroupPlan, ShimPlan, TaskIds, SHIM_ARG};
 
 /// Default cgroup mount point.
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -210,7 +210,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> E
 #[derive(Debug, Default)]
 struct Live {
     /// The shim, when this executor started it (to reap it).
-    child: Option<Child>,
+    child: Option<Pid>,
     /// When SIGKILL is due, after a stop.
     kill_at: Option<Instant>,
     killed: bool,
@@ -411,32 +411,13 @@ impl Executor {
 
         let log_path = dir.join(SHIM_LOG);
         let log = File::create(&log_path).map_err(io_err("cannot create", &log_path))?;
-        let log2 = log.try_clone().map_err(io_err("cannot open", &log_path))?;
-        let mut cmd = Command::new(&self.cfg.shim_program);
-        cmd.arg(SHIM_ARG)
-            .arg(dir)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        shim::set_child_setup(
-            &mut cmd,
-            ChildSetup {
-                setsid: true,
-                mask: Some((SigmaskHow::SIG_BLOCK, shim::forwarded_signals())),
-                cgroup_procs: Vec::new(),
-                ids: None,
-                no_new_privs: false,
-                // The shim must outlive the agent: that is its whole point.
-                die_with_parent: None,
-            },
-        );
-        let child = cmd.spawn().map_err(|source| ExecError::Spawn {
-            alloc: spec.alloc.clone(),
-            program: self.cfg.shim_program.clone(),
-            source,
-        })?;
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        let child =
+            spawn_shim(&self.cfg.shim_program, dir, &log).map_err(|errno| ExecError::Spawn {
+                alloc: spec.alloc.clone(),
+                program: self.cfg.shim_program.clone(),
+                source: io::Error::from(errno),
+            })?;
+        let pid = child.as_raw();
         // Until reaped (below, in poll) the shim is at worst a zombie, so its
         // stat is readable here.
         let start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
@@ -564,9 +545,12 @@ impl Executor {
                             signal_shim(&shim, Signal::SIGUSR1);
                             live.killed = true;
                         }
-                        match live.child.as_mut().map(Child::try_wait) {
-                            Some(Ok(None)) => true,
-                            Some(Ok(Some(_))) => {
+                        match live
+                            .child
+                            .map(|pid| waitpid(pid, Some(WaitPidFlag::WNOHANG)))
+                        {
+                            Some(Ok(WaitStatus::StillAlive)) => true,
+                            Some(Ok(_)) => {
                                 live.child = None;
                                 false
                             }
@@ -708,6 +692,51 @@ fn exited(alloc: &AllocId, exit: &ExitRecord) -> Exited {
         finished_at_unix_ms: exit.finished_at_unix_ms,
         message,
     }
+}
+
+/// Starts `program __shim <dir>` with posix_spawn (vfork semantics): a fork
+/// would copy the page tables of the whole agent (in `drover dev`, master
+/// and agent together) for every task. It starts with the signals it
+/// forwards already blocked, so that a stop sent the moment it exists is
+/// queued for it rather than fatal; it starts its own session itself.
+/// stdin is `/dev/null`, stdout and stderr go to `log`.
+fn spawn_shim(program: &Path, dir: &Path, log: &File) -> nix::Result<Pid> {
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+
+    let cstr = |bytes: &[u8]| CString::new(bytes).map_err(|_| Errno::EINVAL);
+    let null = File::open("/dev/null")
+        .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    actions.add_dup2(null.as_raw_fd(), 0)?;
+    actions.add_dup2(log.as_raw_fd(), 1)?;
+    actions.add_dup2(log.as_raw_fd(), 2)?;
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_sigmask(&shim::forwarded_signals())?;
+    // The agent ignores SIGPIPE (as every Rust program does); the shim
+    // starts with the default, as a process started by std would.
+    let mut default = nix::sys::signal::SigSet::empty();
+    default.add(Signal::SIGPIPE);
+    attr.set_sigdefault(&default)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    let args = [
+        cstr(program.as_os_str().as_bytes())?,
+        cstr(SHIM_ARG.as_bytes())?,
+        cstr(dir.as_os_str().as_bytes())?,
+    ];
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    posix_spawn(program, &actions, &attr, &args, &env)
 }
 
 /// Signals the shim, after checking that its pid still belongs to it.

@@ -112,10 +112,22 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return EXIT_USAGE;
         }
     };
-    // Already blocked when the executor started us; again for a shim started by hand.
+    // First of all, before the agent could want to stop the task: the
+    // signals to forward are blocked (and taken from `signals.wait()`),
+    // and the shim leads a session of its own, so that it outlives the
+    // agent and a signal to the agent's group never reaches it.
     let signals = forwarded_signals();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
         eprintln!("drover shim: cannot block signals: {e}");
+    }
+    if let Err(e) = nix::unistd::setsid() {
+        // Only a process that already leads its group (started by hand
+        // from a shell script, say) cannot; it still supervises.
+        eprintln!("drover shim: cannot start a session: {e}");
+    }
+    // Holds no directory of the agent's (which might be unmounted later).
+    if let Err(e) = std::env::set_current_dir("/") {
+        eprintln!("drover shim: cannot change to /: {e}");
     }
     let exit = supervise(&dir, signals);
     match serde_json::to_vec_pretty(&exit)
