@@ -179,6 +179,15 @@ async fn check_promises(cluster: &Cluster, events: &Path) -> BTreeMap<AllocId, S
     spans
 }
 
+/// Allocatable cpu of agent `i`'s node.
+async fn cpu_of(cluster: &Cluster, i: usize) -> u64 {
+    cluster
+        .node_view(&cluster.node(i))
+        .await
+        .allocatable
+        .cpu_millis
+}
+
 fn alloc(s: &str) -> AllocId {
     s.parse().expect("an alloc id")
 }
@@ -188,7 +197,7 @@ async fn a_preemptor_starts_only_once_its_victims_have_exited_and_takes_their_gp
     let cluster = Cluster::builder().agents(1).fake_gpus(2).start().await;
     let events = cluster.file("events");
     let n1 = cluster.node(0);
-    let all = cluster.node_view(&n1).await.allocatable.cpu_millis;
+    let all = cpu_of(&cluster, 0).await;
     let low = Job::batch("low", &slow_to_stop(&events))
         .count(2)
         .policy("priority")
@@ -266,11 +275,7 @@ async fn a_preemptor_starts_only_once_its_victims_have_exited_and_takes_their_gp
 async fn a_drained_service_moves_only_once_its_old_process_has_exited() {
     let cluster = Cluster::builder().agents(2).start().await;
     let events = cluster.file("events");
-    let all = cluster
-        .node_view(&cluster.node(0))
-        .await
-        .allocatable
-        .cpu_millis;
+    let all = cpu_of(&cluster, 0).await;
     let web = Job::service("web", &slow_to_stop(&events))
         .cpu_millis(all)
         .kill_timeout("10s");
@@ -310,11 +315,7 @@ async fn a_drained_service_moves_only_once_its_old_process_has_exited() {
 async fn an_updated_job_starts_its_new_version_once_the_old_attempt_has_exited() {
     let cluster = Cluster::builder().agents(1).start().await;
     let events = cluster.file("events");
-    let all = cluster
-        .node_view(&cluster.node(0))
-        .await
-        .allocatable
-        .cpu_millis;
+    let all = cpu_of(&cluster, 0).await;
     let v1 = Job::batch("app", &slow_to_stop(&events))
         .cpu_millis(all)
         .kill_timeout("10s");
@@ -349,11 +350,7 @@ async fn an_updated_job_starts_its_new_version_once_the_old_attempt_has_exited()
 async fn a_stopped_job_frees_its_node_only_once_its_processes_have_exited() {
     let cluster = Cluster::builder().agents(1).start().await;
     let events = cluster.file("events");
-    let all = cluster
-        .node_view(&cluster.node(0))
-        .await
-        .allocatable
-        .cpu_millis;
+    let all = cpu_of(&cluster, 0).await;
     // Two tasks fill the node; the third waits for room.
     let old = Job::batch("old", &slow_to_stop(&events))
         .count(3)

@@ -228,31 +228,18 @@ pub fn kill(txn: &mut Txn<'_>, alloc_id: &AllocId, cause: KillCause, now_ms: u64
 }
 
 /// The task's stopping attempt has ended (`how` says how, in words): the
-/// task is killed if its job was stopped, else requeued at once. A task
-/// that no longer exists in the job's current version is removed.
+/// task is killed if its job was stopped, else requeued at once, as after a
+/// lost node. A task that no longer exists in the job's current version is
+/// removed.
 fn stop_finished(txn: &mut Txn<'_>, task_id: &TaskId, how: &str, now_ms: u64) {
-    let job = txn.job(&task_id.job).cloned();
-    let Some(job) = job else {
-        return;
-    };
-    if task_id.index >= job.spec.task_count() {
+    if txn
+        .job(&task_id.job)
+        .is_some_and(|j| task_id.index >= j.spec.task_count())
+    {
         txn.delete_task(task_id);
         return;
     }
-    let Some(task) = txn.task_mut(task_id) else {
-        return;
-    };
-    if job.stopped {
-        set_task(
-            task,
-            TaskState::Killed,
-            format!("{how}; job stopped"),
-            now_ms,
-        );
-    } else {
-        task.not_before_ms = 0;
-        set_task(task, TaskState::Pending, format!("{how}; requeued"), now_ms);
-    }
+    attempt_ended(txn, task_id, AllocState::Lost, how, now_ms);
 }
 
 /// Moves work off a draining node: its service allocs, or with `all` every
@@ -415,8 +402,9 @@ fn attempt_ended(txn: &mut Txn<'_>, task_id: &TaskId, how: AllocState, reason: &
         AllocState::Killed if !service => {
             set_task(task, TaskState::Killed, reason, now_ms);
         }
-        // The node failed, not the task: run it elsewhere at once, without
-        // using a restart (Nomad's reschedule, as opposed to its restart).
+        // The node failed, or the master stopped the attempt, not the task:
+        // run it again at once, without using a restart (Nomad's
+        // reschedule, as opposed to its restart).
         AllocState::Lost => {
             task.not_before_ms = 0;
             set_task(
@@ -887,7 +875,7 @@ mod tests {
             (task.state, task.restarts, task.not_before_ms),
             (TaskState::Pending, 0, 0)
         );
-        assert_eq!(task.reason(), "killed: killed by SIGTERM; requeued");
+        assert_eq!(task.reason(), "killed: killed by SIGTERM; rescheduling");
         assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Killed);
         assert!(c.live_allocs_on(&n1).next().is_none());
     }
@@ -912,7 +900,10 @@ mod tests {
         step(&mut c, |t| node_down(t, &n1, T0 + 5));
         assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Lost);
         assert_eq!(task_state(&c, "web/0"), TaskState::Pending);
-        assert_eq!(c.tasks[&tid("web/0")].reason(), "node n1 down; requeued");
+        assert_eq!(
+            c.tasks[&tid("web/0")].reason(),
+            "node n1 down; rescheduling"
+        );
         assert_eq!(task_state(&c, "web/1"), TaskState::Pending);
     }
 
