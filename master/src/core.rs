@@ -10,7 +10,7 @@ use drover_api::protocol::{
     task_env, AllocUpdate, Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
     RegisterResponse,
 };
-use drover_api::{AllocId, JobId, NodeId, PolicyKind, TaskId, TaskState};
+use drover_api::{AllocId, JobId, JobType, NodeId, PolicyKind, TaskId, TaskState};
 use scheduler_policies::{
     nominated, registry, ClusterView, Decision, Demand, Nominated, Policy, TaskRequest,
 };
@@ -580,10 +580,23 @@ impl Master {
         let version = *self.node_version(node).borrow();
         let allocs = cluster
             .live_allocs_on(node)
-            .filter_map(|a| {
-                let job = cluster.jobs.get(&a.id.task.job)?;
-                let spec = &job.spec;
-                Some(Assignment {
+            .map(|a| {
+                let Some(spec) = cluster.jobs.get(&a.id.task.job).map(|j| &j.spec) else {
+                    // A purged job's attempt, kept while it stops: nothing
+                    // to launch, only to stop.
+                    return Assignment {
+                        alloc: a.id.clone(),
+                        job_type: JobType::Batch,
+                        command: Vec::new(),
+                        env: BTreeMap::new(),
+                        cpu_millis: a.cpu_millis,
+                        memory_bytes: a.memory_bytes,
+                        gpus: a.gpus.clone(),
+                        kill_timeout_ms: lifecycle::duration_ms(self.settings.kill_timeout),
+                        stop: true,
+                    };
+                };
+                Assignment {
                     alloc: a.id.clone(),
                     job_type: spec.job_type,
                     command: spec.command.clone(),
@@ -595,7 +608,7 @@ impl Master {
                         spec.kill_timeout.unwrap_or(self.settings.kill_timeout),
                     ),
                     stop: a.is_stopping(),
-                })
+                }
             })
             .collect();
         (version, allocs)

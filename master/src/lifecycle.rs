@@ -288,6 +288,11 @@ pub fn report(txn: &mut Txn<'_>, node: &NodeId, update: &AllocUpdate, now_ms: u6
     alloc.signal = update.signal.or(alloc.signal);
     push(&mut alloc.history, update.state, reason.clone(), now_ms);
     let task_id = update.alloc.task.clone();
+    // The attempt of a purged job, kept while it stopped: gone now.
+    if txn.task(&task_id).is_none() && update.state.is_terminal() {
+        txn.delete_alloc(&update.alloc);
+        return true;
+    }
     // Only the task's latest attempt moves the task.
     if txn
         .task(&task_id)
@@ -354,6 +359,8 @@ pub fn node_down(txn: &mut Txn<'_>, node: &NodeId, now_ms: u64) {
             push(&mut a.history, AllocState::Lost, reason.clone(), now_ms);
         }
         let Some(task) = txn.task(&alloc_id.task) else {
+            // A purged job's attempt, kept while it stopped.
+            txn.delete_alloc(&alloc_id);
             continue;
         };
         if task.latest_alloc().as_ref() != Some(&alloc_id) {
@@ -466,7 +473,10 @@ pub fn stop(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
     true
 }
 
-/// Stops a job and forgets it: job, tasks and every alloc record.
+/// Stops a job and forgets it: job, tasks and every alloc record, except
+/// the attempts still stopping. Those keep their room on their nodes until
+/// their processes have exited, and are forgotten then (see [`report`] and
+/// [`node_down`]).
 pub fn purge(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
     if !stop(txn, job_id, now_ms) {
         return false;
@@ -474,7 +484,10 @@ pub fn purge(txn: &mut Txn<'_>, job_id: &JobId, now_ms: u64) -> bool {
     for task_id in txn.task_ids_of(job_id) {
         let attempts = txn.task(&task_id).map_or(0, |t| t.attempts);
         for attempt in 1..=attempts {
-            txn.delete_alloc(&task_id.alloc(attempt));
+            let id = task_id.alloc(attempt);
+            if !txn.alloc(&id).is_some_and(AllocRecord::is_live) {
+                txn.delete_alloc(&id);
+            }
         }
         txn.delete_task(&task_id);
     }
@@ -925,12 +938,21 @@ mod tests {
     }
 
     #[test]
-    fn purging_forgets_the_job_its_tasks_and_every_alloc() {
+    fn purging_forgets_the_job_its_tasks_and_every_alloc_once_it_has_stopped() {
         let (mut c, n1) = placed(2, 1);
         assert!(step(&mut c, |t| purge(t, &JobId::new("web").unwrap(), T0)));
-        assert!(c.jobs.is_empty() && c.tasks.is_empty() && c.allocs.is_empty());
+        assert!(c.jobs.is_empty() && c.tasks.is_empty() && c.counts.is_empty());
+        // The running attempt holds its room until its process has exited.
+        assert_eq!(c.allocs[&aid("web/0/1")].state, AllocState::Stopping);
+        assert_eq!(c.live_allocs_on(&n1).count(), 1);
+        assert!(step(&mut c, |t| report(
+            t,
+            &n1,
+            &update("web/0/1", AllocState::Killed, None),
+            T0 + 1
+        )));
+        assert!(c.allocs.is_empty());
         assert!(c.live_allocs_on(&n1).next().is_none());
-        assert!(c.counts.is_empty());
     }
 
     #[test]

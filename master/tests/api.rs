@@ -739,14 +739,23 @@ async fn deleting_a_job_with_purge_forgets_it_so_every_later_read_is_404() {
     h.get("/v1/tasks/render/0")
         .await
         .expect_error(404, "not_found");
-    h.get("/v1/allocs/render/0/1")
-        .await
-        .expect_error(404, "not_found");
     h.delete("/v1/jobs/render")
         .await
         .expect_error(404, "not_found");
     assert_eq!(h.get("/v1/jobs").await.expect(200), json!([]));
-    // Its node is told to stop the alloc the purge forgot.
+    // Its attempt is stopping: its node is told to stop it, and it keeps
+    // its room there until its process has exited; then it is forgotten.
+    let a = h.get("/v1/allocs/render/0/1").await.expect(200);
+    assert_eq!(a["state"], "stopping", "{a}");
+    let stop = h.poll("n1", 0).await.allocs;
+    assert!(stop.len() == 1 && stop[0].stop, "{stop:?}");
+    let n = h.get("/v1/nodes/n1").await.expect(200);
+    assert_eq!(n["allocated"]["cpu_millis"], 500, "{n}");
+    h.report_one("n1", "render/0/1", AllocState::Killed, None)
+        .await;
+    h.get("/v1/allocs/render/0/1")
+        .await
+        .expect_error(404, "not_found");
     assert_eq!(h.poll("n1", 0).await.allocs, vec![]);
     assert_eq!(h.get("/v1/nodes/n1").await.expect(200)["allocs"], json!([]));
     let snapshot = h.shut_down_and_load().await;
