@@ -43,6 +43,19 @@ struct NodeState {
     key: LoadKey,
 }
 
+impl NodeState {
+    /// Counts what an existing alloc or a reservation holds on node `ni`.
+    fn hold(&mut self, view: &ClusterView, ni: usize, cpu: u64, mem: u64, gpus: &[u32]) {
+        self.used_cpu = self.used_cpu.saturating_add(cpu);
+        self.used_mem = self.used_mem.saturating_add(mem);
+        for dev in gpus {
+            if let Some(pos) = gpu_pos(view, ni, *dev) {
+                self.gpu_used[pos] = true;
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Op {
     Place {
@@ -105,14 +118,7 @@ impl<'v> Workspace<'v> {
             let Some(ni) = view.node_index(&alloc.node) else {
                 continue;
             };
-            let state = &mut nodes[ni];
-            state.used_cpu = state.used_cpu.saturating_add(alloc.cpu_millis);
-            state.used_mem = state.used_mem.saturating_add(alloc.memory_bytes);
-            for dev in &alloc.gpus {
-                if let Some(pos) = gpu_pos(view, ni, *dev) {
-                    state.gpu_used[pos] = true;
-                }
-            }
+            nodes[ni].hold(view, ni, alloc.cpu_millis, alloc.memory_bytes, &alloc.gpus);
             allocs_on[ni].push(ai);
             if alloc.elastic.is_some() {
                 count_shard(&mut job_live, &mut job_on_node, alloc.job(), ni, true);
@@ -124,14 +130,7 @@ impl<'v> Workspace<'v> {
             let Some(ni) = view.node_index(&r.node) else {
                 continue;
             };
-            let state = &mut nodes[ni];
-            state.used_cpu = state.used_cpu.saturating_add(r.cpu_millis);
-            state.used_mem = state.used_mem.saturating_add(r.memory_bytes);
-            for dev in &r.gpus {
-                if let Some(pos) = gpu_pos(view, ni, *dev) {
-                    state.gpu_used[pos] = true;
-                }
-            }
+            nodes[ni].hold(view, ni, r.cpu_millis, r.memory_bytes, &r.gpus);
         }
         let mut ws = Workspace {
             view,
