@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_api::client::SpecFormat;
-use drover_api::views::SubmitOutcome;
-use drover_api::{AllocId, AllocState, JobState, NodeId, TaskState};
+use drover_api::views::{SubmitOutcome, TaskView};
+use drover_api::{AllocId, AllocState, JobState, NodeId, TaskId, TaskState};
 use drover_e2e::{eventually, read_lines, sh_quote, Cluster, Job};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -179,6 +179,21 @@ async fn check_promises(cluster: &Cluster, events: &Path) -> BTreeMap<AllocId, S
     spans
 }
 
+/// Waits until task `id` is `state` at attempt `attempt`, and returns it.
+async fn task_reaches(cluster: &Cluster, id: &str, state: TaskState, attempt: u32) -> TaskView {
+    let id: TaskId = id.parse().expect("a task id");
+    let what = format!("{id} to be {state} at attempt {attempt}");
+    eventually(&what, WAIT, || async {
+        let t = cluster.task(&id).await;
+        if t.state == state && t.attempts.len() == attempt as usize {
+            Ok(t)
+        } else {
+            Err(format!("{t:?}"))
+        }
+    })
+    .await
+}
+
 /// Allocatable cpu of agent `i`'s node.
 async fn cpu_of(cluster: &Cluster, i: usize) -> u64 {
     cluster
@@ -288,25 +303,10 @@ async fn a_drained_service_moves_only_once_its_old_process_has_exited() {
         .drain(&from, true, Some(Duration::from_secs(60)))
         .await
         .expect("drain");
-    let task = eventually("web/0 to be stopping", WAIT, || async {
-        let t = cluster.task(&"web/0".parse().unwrap()).await;
-        if t.state == TaskState::Stopping {
-            Ok(t)
-        } else {
-            Err(format!("{t:?}"))
-        }
-    })
-    .await;
+    let task = task_reaches(&cluster, "web/0", TaskState::Stopping, 1).await;
     assert_eq!(task.reason, format!("node {from} draining"));
-    let moved = eventually("web/0 to run elsewhere", WAIT, || async {
-        let t = cluster.task(&"web/0".parse().unwrap()).await;
-        match t.latest() {
-            Some(a) if a.id.attempt == 2 && t.state == TaskState::Running => Ok(a.node.clone()),
-            _ => Err(format!("{t:?}")),
-        }
-    })
-    .await;
-    assert_ne!(moved, from);
+    let moved = task_reaches(&cluster, "web/0", TaskState::Running, 2).await;
+    assert_ne!(moved.latest().unwrap().node, from);
     let spans = check_promises(&cluster, &events).await;
     assert!(spans[&alloc("web/0/1")].end_ns.is_some(), "{spans:?}");
 }
@@ -333,15 +333,7 @@ async fn an_updated_job_starts_its_new_version_once_the_old_attempt_has_exited()
     let t = cluster.task(&"app/0".parse().unwrap()).await;
     assert_eq!(t.state, TaskState::Stopping, "{t:?}");
     assert_eq!(t.job_version, 2);
-    eventually("version 2 to run", WAIT, || async {
-        let t = cluster.task(&"app/0".parse().unwrap()).await;
-        if t.state == TaskState::Running && t.attempts.len() == 2 {
-            Ok(())
-        } else {
-            Err(format!("{t:?}"))
-        }
-    })
-    .await;
+    task_reaches(&cluster, "app/0", TaskState::Running, 2).await;
     let spans = check_promises(&cluster, &events).await;
     assert!(spans[&alloc("app/0/1")].end_ns.is_some(), "{spans:?}");
 }
