@@ -162,12 +162,18 @@ impl Agent {
         })
     }
 
-    /// Whether the executor still runs this alloc (log GC keeps its files).
+    /// Whether the executor still runs this alloc.
     pub fn is_running(&self, alloc: &AllocId) -> bool {
         lock(&self.executor)
             .running()
             .iter()
             .any(|(a, _)| a == alloc)
+    }
+
+    /// Whether the executor still needs this alloc's directory: it runs,
+    /// or its exit has not reached the master yet (log GC keeps its files).
+    pub fn is_live(&self, alloc: &AllocId) -> bool {
+        lock(&self.executor).holds(alloc)
     }
 
     pub fn node_id(&self) -> Option<NodeId> {
@@ -305,6 +311,9 @@ impl Agent {
                     );
                 }
             }
+        }
+        if let Err(e) = lock(&self.executor).flush() {
+            tracing::error!(error = %e, "cannot save the executor state");
         }
     }
 

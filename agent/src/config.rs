@@ -147,6 +147,13 @@ pub struct LogsConfig {
     /// How long the directory of a finished alloc (its logs) is kept.
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    /// At most this many finished allocs are kept, the oldest removed
+    /// first: as directories (those with output), and as many again as
+    /// lines of `finished.jsonl` (those without).
+    pub max_finished: usize,
+    /// At most this many bytes in the directories of finished allocs, the
+    /// oldest removed first.
+    pub max_finished_bytes: Memory,
 }
 
 impl Default for LogsConfig {
@@ -155,6 +162,8 @@ impl Default for LogsConfig {
             max_bytes: Memory(10 << 20),
             keep: 3,
             retention: Duration::from_secs(24 * 3600),
+            max_finished: crate::executor::DEFAULT_MAX_FINISHED,
+            max_finished_bytes: Memory(10 << 30),
         }
     }
 }
@@ -287,6 +296,9 @@ impl AgentConfig {
         }
         if self.logs.retention.is_zero() {
             p.push(Problem::new("logs.retention", "must be greater than 0"));
+        }
+        if self.logs.max_finished == 0 {
+            p.push(Problem::new("logs.max_finished", "must be greater than 0"));
         }
         if p.is_empty() {
             Ok(())

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,9 +32,10 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Pid, Uid, User};
 
 use crate::local_state::{
-    alloc_dir, proc_stat, read_exit, record_from_dir, shim_alive, write_atomic, AllocRecord,
-    AllocStatus, ExitRecord, LoadOutcome, LocalState, ShimIdentity, StateError, ALLOCS_DIR,
-    LAUNCH_FILE, REPORTED_FILE, SHIM_FILE, SHIM_LOG, STDERR_LOG, STDOUT_LOG, WORK_DIR,
+    alloc_dir, append_finished, proc_stat, read_exit, read_finished, record_from_dir,
+    rewrite_finished, shim_alive, write_atomic, AllocRecord, AllocStatus, ExitRecord, Finished,
+    LoadOutcome, LocalState, ShimIdentity, StateError, ALLOCS_DIR, EXIT_FILE, REPORTED_FILE,
+    SHIM_LOG, WORK_DIR,
 };
 use crate::shim::{self, CgroupPlan, ShimPlan, TaskIds, SHIM_ARG};
 
@@ -58,6 +59,10 @@ pub struct ExecConfig {
     pub kill_grace: Duration,
     /// Where cgroups are mounted; `None` disables resource limits.
     pub cgroup_root: Option<PathBuf>,
+    /// Reported allocs that left nothing but their exit are kept as a line
+    /// of `finished.jsonl`, the newest this many (a launch of one of them
+    /// is refused).
+    pub max_finished: usize,
 }
 
 impl ExecConfig {
@@ -66,15 +71,34 @@ impl ExecConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ExecConfig {
             data_dir: data_dir.into(),
-            shim_program: std::env::current_exe()
-                .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            shim_program: default_shim_program(),
             user: None,
             allow_root: false,
             kill_grace: Duration::from_secs(10),
             cgroup_root: Some(PathBuf::from(DEFAULT_CGROUP_ROOT)),
+            max_finished: DEFAULT_MAX_FINISHED,
         }
     }
 }
+
+/// `drover-shim` beside this binary when it is there (small: it starts in
+/// a fraction of the time the agent's own binary takes), else this binary,
+/// which acts as the shim when started as `<it> __shim <dir>`.
+pub fn default_shim_program() -> PathBuf {
+    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let small = me.with_file_name(SHIM_BINARY);
+    if small.is_file() {
+        small
+    } else {
+        me
+    }
+}
+
+/// Default [`ExecConfig::max_finished`].
+pub const DEFAULT_MAX_FINISHED: usize = 10_000;
+
+/// The name of the dedicated shim binary.
+pub const SHIM_BINARY: &str = "drover-shim";
 
 /// What to run for one alloc.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +252,11 @@ pub struct Executor {
     /// Exits `poll` has returned but the agent has not yet acknowledged
     /// (see [`Executor::ack`]); not returned again by this process.
     surfaced: BTreeSet<AllocId>,
+    /// `finished.jsonl` as in memory, oldest first, and its ids.
+    finished: Vec<Finished>,
+    finished_ids: BTreeSet<AllocId>,
+    /// Launched since `state.json` was last saved.
+    dirty: bool,
 }
 
 impl Executor {
@@ -270,9 +299,7 @@ impl Executor {
                     // The launch was cut short between starting the shim and
                     // recording it: look for it, so it is neither lost nor rerun.
                     rec.shim = find_shim_by_cmdline(&dir);
-                    if let Some(id) = rec.shim {
-                        let _ = write_json(&dir.join(SHIM_FILE), &id);
-                    } else {
+                    if rec.shim.is_none() {
                         rec.status = AllocStatus::Exited {
                             exit: read_exit(&dir).unwrap_or_else(|| {
                                 ExitRecord::failed(
@@ -285,6 +312,8 @@ impl Executor {
             }
         }
         state.save()?;
+        let finished = read_finished(&cfg.data_dir);
+        let finished_ids = finished.iter().map(|f| f.alloc.clone()).collect();
         Ok(Executor {
             cfg,
             ids,
@@ -293,6 +322,9 @@ impl Executor {
             live: HashMap::new(),
             load_outcome,
             surfaced: BTreeSet::new(),
+            finished,
+            finished_ids,
+            dirty: false,
         })
     }
 
@@ -318,6 +350,15 @@ impl Executor {
         if let Some(rec) = self.state.get(&spec.alloc) {
             return Ok(self.existing(rec));
         }
+        if self.finished_ids.contains(&spec.alloc) {
+            return Ok(Launch {
+                dir: self.alloc_dir(&spec.alloc),
+                alloc: spec.alloc,
+                shim_pid: None,
+                started: false,
+                exited: true,
+            });
+        }
         validate(&spec)?;
         let dir = self.alloc_dir(&spec.alloc);
         if let Some(parent) = dir.parent() {
@@ -337,9 +378,10 @@ impl Executor {
         }
         match check_program(&spec).and_then(|()| self.start_shim(&spec, &dir)) {
             Ok(id) => {
-                // Not saved here: `state.json` is a cache of the alloc dirs
-                // (LocalState::load merges them in), and an fsync per launch
-                // capped a node at a few dozen launches a second.
+                // Not saved here but by `flush`, once per batch: an fsync per
+                // launch capped a node at a few dozen launches a second, and
+                // a shim started just before a crash is found by its
+                // command line (see `open`).
                 self.state.insert(AllocRecord {
                     alloc: spec.alloc.clone(),
                     shim: Some(id),
@@ -369,6 +411,16 @@ impl Executor {
         }
     }
 
+    /// Saves `state.json` if something was launched since it was last
+    /// saved: once after a batch of launches.
+    pub fn flush(&mut self) -> Result<(), ExecError> {
+        if self.dirty {
+            self.state.save()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
     fn existing(&self, rec: &AllocRecord) -> Launch {
         Launch {
             alloc: rec.alloc.clone(),
@@ -390,10 +442,6 @@ impl Executor {
             )
             .map_err(|e| io_err("cannot chown", &work)(e.into()))?;
         }
-        for log in [STDOUT_LOG, STDERR_LOG] {
-            let path = dir.join(log);
-            File::create(&path).map_err(io_err("cannot create", &path))?;
-        }
         let plan = ShimPlan {
             alloc: spec.alloc.clone(),
             command: spec.command.clone(),
@@ -406,13 +454,9 @@ impl Executor {
             ids: self.ids.clone(),
             cgroup: self.cgroup_plan(spec),
         };
-        let launch_path = dir.join(LAUNCH_FILE);
-        write_json_unsynced(&launch_path, &plan).map_err(io_err("cannot write", &launch_path))?;
-
-        let log_path = dir.join(SHIM_LOG);
-        let log = File::create(&log_path).map_err(io_err("cannot create", &log_path))?;
-        let child =
-            spawn_shim(&self.cfg.shim_program, dir, &log).map_err(|errno| ExecError::Spawn {
+        let plan = serde_json::to_vec(&plan).map_err(|e| io_err("cannot encode", dir)(e.into()))?;
+        let (child, plan_pipe) =
+            spawn_shim(&self.cfg.shim_program, dir).map_err(|errno| ExecError::Spawn {
                 alloc: spec.alloc.clone(),
                 program: self.cfg.shim_program.clone(),
                 source: io::Error::from(errno),
@@ -423,8 +467,12 @@ impl Executor {
         let start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
         let id = ShimIdentity { pid, start_time };
         self.live.entry(spec.alloc.clone()).or_default().child = Some(child);
-        let shim_path = dir.join(SHIM_FILE);
-        write_json_unsynced(&shim_path, &id).map_err(io_err("cannot write", &shim_path))?;
+        self.dirty = true;
+        // A shim that died before reading it has recorded nothing; poll
+        // finds it dead and reports the alloc failed.
+        if let Err(e) = (&plan_pipe).write_all(&plan) {
+            tracing::warn!(alloc = %spec.alloc, error = %e, "the shim did not take its launch plan");
+        }
         Ok(id)
     }
 
@@ -601,31 +649,87 @@ impl Executor {
 
     /// Records that these exits reached the master, so that they are never
     /// reported again, also across restarts.
+    ///
+    /// The record leaves `state.json` (which so holds only what is live or
+    /// not yet reported, and saving it stays cheap however many allocs this
+    /// node has run). What a later launch of the same id finds, and refuses
+    /// to run again, is `reported.json` in the alloc dir; or, for an alloc
+    /// that left nothing else (no output, nothing in its work dir), a line
+    /// of `finished.jsonl`, and no directory at all.
     pub fn ack(&mut self, allocs: &[AllocId]) {
-        let done: Vec<AllocId> = self
+        let wanted: BTreeSet<&AllocId> = allocs.iter().collect();
+        let done: Vec<(AllocId, ExitRecord)> = self
             .state
             .records()
-            .filter(|r| allocs.contains(&r.alloc) && !r.reported)
-            .filter(|r| matches!(r.status, AllocStatus::Exited { .. }))
-            .map(|r| r.alloc.clone())
+            .filter(|r| wanted.contains(&r.alloc) && !r.reported)
+            .filter_map(|r| match &r.status {
+                AllocStatus::Exited { exit } => Some((r.alloc.clone(), exit.clone())),
+                AllocStatus::Running => None,
+            })
             .collect();
         if done.is_empty() {
             return;
         }
-        for alloc in &done {
-            // The mark in the alloc dir is what a later launch of the same
-            // id finds (and refuses to run again); the record itself is
-            // dropped, so that state.json holds only what is live or not
-            // yet reported, and saving it stays cheap however many allocs
-            // this node has run.
-            let dir = alloc_dir(&self.cfg.data_dir, alloc);
-            let _ = File::create(dir.join(REPORTED_FILE));
-            self.surfaced.remove(alloc);
-            self.live.remove(alloc);
-            self.state.remove(alloc);
+        let mut compacted = Vec::new();
+        for (alloc, exit) in done {
+            let dir = alloc_dir(&self.cfg.data_dir, &alloc);
+            if holds_only_its_exit(&dir) {
+                compacted.push(Finished {
+                    alloc: alloc.clone(),
+                    exit,
+                });
+            } else if let Err(e) = fs::rename(dir.join(EXIT_FILE), dir.join(REPORTED_FILE)) {
+                // No exit.json: the exit was recorded by the executor (a
+                // launch that failed, a stop before the start).
+                if e.kind() != io::ErrorKind::NotFound
+                    || write_json(&dir.join(REPORTED_FILE), &exit).is_err()
+                {
+                    tracing::warn!(alloc = %alloc, error = %e, "cannot mark an exit reported");
+                }
+            }
+            self.surfaced.remove(&alloc);
+            self.live.remove(&alloc);
+            self.state.remove(&alloc);
         }
+        // The lines first: a crash in between leaves a directory and a
+        // line, both saying the same.
+        if !compacted.is_empty() {
+            if let Err(e) = append_finished(&self.cfg.data_dir, &compacted) {
+                tracing::warn!(error = %e, "cannot append to the finished allocs");
+            }
+            for f in &compacted {
+                let dir = alloc_dir(&self.cfg.data_dir, &f.alloc);
+                let _ = fs::remove_file(dir.join(EXIT_FILE));
+                let _ = fs::remove_dir(dir.join(WORK_DIR));
+                let _ = fs::remove_dir(&dir);
+                // The task's index dir, if this was its last attempt here.
+                if let Some(index) = dir.parent() {
+                    let _ = fs::remove_dir(index);
+                }
+                self.finished_ids.insert(f.alloc.clone());
+            }
+            self.finished.extend(compacted);
+            self.trim_finished();
+        }
+        self.dirty = false;
         if let Err(e) = self.state.save() {
             tracing::error!(error = %e, "cannot save the executor state");
+        }
+    }
+
+    /// Keeps the newest `max_finished` lines, rewriting the file once it
+    /// holds twice that (so that each append costs O(1) on average).
+    fn trim_finished(&mut self) {
+        let max = self.cfg.max_finished;
+        if self.finished.len() <= max.saturating_mul(2).max(1) {
+            return;
+        }
+        let drop = self.finished.len() - max;
+        for f in self.finished.drain(..drop) {
+            self.finished_ids.remove(&f.alloc);
+        }
+        if let Err(e) = rewrite_finished(&self.cfg.data_dir, &self.finished) {
+            tracing::warn!(error = %e, "cannot rewrite the finished allocs");
         }
     }
 
@@ -637,6 +741,11 @@ impl Executor {
             .filter(|r| r.status == AllocStatus::Running)
             .filter_map(|r| Some((r.alloc.clone(), u32::try_from(r.shim?.pid).ok()?)))
             .collect()
+    }
+
+    /// The alloc runs, or its exit has not been acknowledged yet.
+    pub fn holds(&self, alloc: &AllocId) -> bool {
+        self.state.get(alloc).is_some()
     }
 
     /// Every alloc known, running or not.
@@ -699,22 +808,29 @@ fn exited(alloc: &AllocId, exit: &ExitRecord) -> Exited {
 /// and agent together) for every task. It starts with the signals it
 /// forwards already blocked, so that a stop sent the moment it exists is
 /// queued for it rather than fatal; it starts its own session itself.
-/// stdin is `/dev/null`, stdout and stderr go to `log`.
-fn spawn_shim(program: &Path, dir: &Path, log: &File) -> nix::Result<Pid> {
+/// Its stdin is the read end of a pipe, whose write end is returned for the
+/// launch plan; its stdout and stderr are `/dev/null` (it writes what it
+/// has to say to `shim.log`).
+fn spawn_shim(program: &Path, dir: &Path) -> nix::Result<(Pid, File)> {
     use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::io::AsRawFd;
 
     let cstr = |bytes: &[u8]| CString::new(bytes).map_err(|_| Errno::EINVAL);
-    let null = File::open("/dev/null")
+    let null = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
         .map_err(|e| e.raw_os_error().map_or(Errno::EIO, Errno::from_raw))?;
+    // Both ends close-on-exec: the shim gets the read end as its fd 0
+    // (dup2 clears the flag), and no other process ever holds either.
+    let (plan_in, plan_out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut actions = PosixSpawnFileActions::init()?;
-    actions.add_dup2(null.as_raw_fd(), 0)?;
-    actions.add_dup2(log.as_raw_fd(), 1)?;
-    actions.add_dup2(log.as_raw_fd(), 2)?;
+    actions.add_dup2(plan_in.as_raw_fd(), 0)?;
+    actions.add_dup2(null.as_raw_fd(), 1)?;
+    actions.add_dup2(null.as_raw_fd(), 2)?;
     let mut attr = PosixSpawnAttr::init()?;
-    attr.set_sigmask(&shim::forwarded_signals())?;
+    attr.set_sigmask(&shim::blocked_signals())?;
     // The agent ignores SIGPIPE (as every Rust program does); the shim
     // starts with the default, as a process started by std would.
     let mut default = nix::sys::signal::SigSet::empty();
@@ -736,7 +852,8 @@ fn spawn_shim(program: &Path, dir: &Path, log: &File) -> nix::Result<Pid> {
             CString::new(kv).ok()
         })
         .collect();
-    posix_spawn(program, &actions, &attr, &args, &env)
+    let pid = posix_spawn(program, &actions, &attr, &args, &env)?;
+    Ok((pid, File::from(plan_out)))
 }
 
 /// Signals the shim, after checking that its pid still belongs to it.
@@ -747,20 +864,22 @@ fn signal_shim(shim: &ShimIdentity, sig: Signal) {
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::from)?;
+    let bytes = serde_json::to_vec(value).map_err(io::Error::from)?;
     write_atomic(path, &bytes)
 }
 
-/// Atomic (write, then rename) but not fsynced: for files that only matter
-/// while this machine stays up. `launch.json` is read by the shim at once;
-/// `shim.json` identifies a shim process, and after an OS crash there is no
-/// process left to identify (`exit.json`, which must survive, is synced).
-fn write_json_unsynced<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(io::Error::from)?;
-    let mut tmp = path.as_os_str().to_os_string();
-    tmp.push(".tmp");
-    fs::write(&tmp, &bytes)?;
-    fs::rename(&tmp, path)
+/// The alloc dir holds its `exit.json` (or nothing) and at most an empty
+/// work dir: the task left no output and no files.
+fn holds_only_its_exit(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().all(|e| {
+        let name = e.file_name();
+        name == EXIT_FILE
+            || (name == WORK_DIR
+                && fs::read_dir(e.path()).is_ok_and(|mut inner| inner.next().is_none()))
+    })
 }
 
 /// Finds out before starting a shim whether the program can be executed at

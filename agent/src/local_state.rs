@@ -7,12 +7,20 @@
 //!   temporary file, fsync, rename, fsync the directory) on every change, with
 //!   an FNV-1a 64 checksum of the records so that a torn or edited file is
 //!   detected rather than half-believed.
+//!   Saved once per batch of launches, not per launch: a shim started just
+//!   before a crash is found again by its command line in `/proc`.
 //! - `<data_dir>/allocs/<job>/<index>/<attempt>/`: one directory per alloc
-//!   (see [`alloc_dir`]). It holds `launch.json` (what the shim runs),
-//!   `shim.json` (the shim's pid and the start time of that pid, written
-//!   before `launch` returns), `exit.json` (written by the shim when the task
-//!   ends), `reported` (an empty marker: the exit was handed to the agent),
-//!   `work/`, `stdout.log`, `stderr.log` and `shim.log`.
+//!   (see [`alloc_dir`]), made when it is launched. It holds `work/`,
+//!   `stdout.log` and `stderr.log` while the task runs, `shim.log` only if
+//!   the shim had something to say, and `exit.json` once the task has ended
+//!   (written by the shim, after it removed the logs and the work dir if
+//!   they were empty). Once the master has the exit, `exit.json` is renamed
+//!   `reported.json`; or, when nothing else is left in the directory, the
+//!   exit becomes one line of `finished.jsonl` and the directory goes.
+//! - `<data_dir>/finished.jsonl`: the allocs whose directories went that
+//!   way, one JSON line each (`{"alloc":…,"exit":…}`), the newest
+//!   [`ExecConfig::max_finished`](crate::executor::ExecConfig) kept; a
+//!   launch of one of them is refused like that of any other known alloc.
 //!
 //! # Recovery
 //!
@@ -45,14 +53,12 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE: &str = "state.json";
 /// The directory holding one directory per alloc, under the data dir.
 pub const ALLOCS_DIR: &str = "allocs";
-/// What the shim runs; written by the executor before the shim starts.
-pub const LAUNCH_FILE: &str = "launch.json";
-/// The shim's identity; written by the executor before `launch` returns.
-pub const SHIM_FILE: &str = "shim.json";
 /// The task's exit; written by the shim.
 pub const EXIT_FILE: &str = "exit.json";
-/// Marker: this alloc's exit was reported by `Executor::poll`.
-pub const REPORTED_FILE: &str = "reported";
+/// `exit.json` once the master has it.
+pub const REPORTED_FILE: &str = "reported.json";
+/// Reported allocs that left nothing but their exit, under the data dir.
+pub const FINISHED_FILE: &str = "finished.jsonl";
 /// The task's working directory, inside the alloc dir.
 pub const WORK_DIR: &str = "work";
 /// The task's standard output, appended.
@@ -287,26 +293,87 @@ pub fn scan_alloc_dirs(data_dir: &Path) -> Result<Vec<AllocRecord>, StateError> 
     Ok(out)
 }
 
-/// What an alloc directory says about its alloc. A directory without a shim
-/// identity and without an exit is `Running` with `shim: None`; the executor
-/// looks for its shim and otherwise marks it failed.
+/// What an alloc directory says about its alloc. A directory without an
+/// exit is `Running` with `shim: None` (the state file, not the directory,
+/// knows the shim); the executor looks for its shim and otherwise marks it
+/// failed.
 pub fn record_from_dir(dir: &Path, alloc: AllocId) -> AllocRecord {
-    let shim = read_json::<ShimIdentity>(&dir.join(SHIM_FILE)).ok();
+    if let Ok(exit) = read_json::<ExitRecord>(&dir.join(REPORTED_FILE)) {
+        return AllocRecord {
+            alloc,
+            shim: None,
+            status: AllocStatus::Exited { exit },
+            reported: true,
+        };
+    }
     let status = match read_exit(dir) {
         Some(exit) => AllocStatus::Exited { exit },
         None => AllocStatus::Running,
     };
     AllocRecord {
         alloc,
-        shim,
+        shim: None,
         status,
-        reported: dir.join(REPORTED_FILE).exists(),
+        reported: false,
     }
 }
 
 /// The shim's `exit.json`, when it is there and readable.
 pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
     read_json(&dir.join(EXIT_FILE)).ok()
+}
+
+/// One line of `finished.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub alloc: AllocId,
+    pub exit: ExitRecord,
+}
+
+/// The allocs in `finished.jsonl`, oldest first; lines that do not parse
+/// (a torn last line after a crash) are skipped.
+pub fn read_finished(data_dir: &Path) -> Vec<Finished> {
+    let Ok(text) = fs::read_to_string(data_dir.join(FINISHED_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Appends to `finished.jsonl`. Not synced: a line only stands for an
+/// exit the master already has.
+pub fn append_finished(data_dir: &Path, done: &[Finished]) -> io::Result<()> {
+    let mut text = Vec::new();
+    for f in done {
+        serde_json::to_writer(&mut text, f).map_err(io::Error::from)?;
+        text.push(b'\n');
+    }
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join(FINISHED_FILE))?
+        .write_all(&text)
+}
+
+/// Rewrites `finished.jsonl` with only `keep`, atomically.
+pub fn rewrite_finished(data_dir: &Path, keep: &[Finished]) -> io::Result<()> {
+    let mut text = Vec::new();
+    for f in keep {
+        serde_json::to_writer(&mut text, f).map_err(io::Error::from)?;
+        text.push(b'\n');
+    }
+    write_atomic(&data_dir.join(FINISHED_FILE), &text)
+}
+
+/// Whether `alloc` is in `finished.jsonl` (a scan: for the log server's
+/// rare question about an alloc without a directory).
+pub fn is_in_finished(data_dir: &Path, alloc: &AllocId) -> bool {
+    let Ok(text) = fs::read_to_string(data_dir.join(FINISHED_FILE)) else {
+        return false;
+    };
+    let key = format!("{{\"alloc\":\"{alloc}\",");
+    text.lines().any(|l| l.starts_with(&key))
 }
 
 /// Reads and parses a JSON file.

@@ -3,8 +3,10 @@
 //!
 //! Layout (the executor writes it; this module only reads, rotates and
 //! removes): `<data_dir>/allocs/<job>/<index>/<attempt>/` holds
-//! `stdout.log` and `stderr.log`, opened by the task with `O_APPEND`, and
-//! `exit.json` once the alloc has finished.
+//! `stdout.log` and `stderr.log`, opened by the task with `O_APPEND` and
+//! removed at its end if empty, and `exit.json` (later `reported.json`)
+//! once the alloc has finished. A finished alloc that left nothing has no
+//! directory, only a line in `finished.jsonl`: its logs are empty.
 //!
 //! Rotation is copytruncate: `stdout.log` is copied to `stdout.log.1` (older
 //! copies shift to `.2` … `.<keep>`) and truncated in place, so the task
@@ -16,8 +18,8 @@
 //! ?stream=stdout|stderr&offset=N&follow=true|false` answers `200 text/plain`
 //! with the bytes of the current file from `offset`; with `follow=true` it
 //! keeps sending what is appended (polling every 100 ms) until `exit.json`
-//! appears, then sends the rest and ends. `404` when there is no such alloc
-//! directory, `400` for a bad stream, offset or id. Errors have the REST
+//! appears, then sends the rest and ends. `404` when this node knows no such
+//! alloc, `400` for a bad stream, offset or id. Errors have the REST
 //! API's JSON body `{"error": {"code", "message"}}`. `GET /metrics` renders
 //! the agent's metrics, `GET /healthz` answers `ok`.
 
@@ -45,7 +47,7 @@ use crate::metrics::AgentMetrics;
 
 // The layout of an alloc's directory is the executor's (local_state).
 pub use crate::local_state::{alloc_dir, ALLOCS_DIR, EXIT_FILE};
-use crate::local_state::{STDERR_LOG, STDOUT_LOG};
+use crate::local_state::{is_in_finished, REPORTED_FILE, STDERR_LOG, STDOUT_LOG};
 /// How often a followed log is polled for new bytes.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Largest chunk read and sent at once.
@@ -107,9 +109,9 @@ pub fn rotated_path(alloc_dir: &Path, stream: Stream, n: u32) -> PathBuf {
     alloc_dir.join(format!("{}.{n}", stream.file_name()))
 }
 
-/// Whether the alloc has finished (`exit.json` exists).
+/// Whether the alloc has finished (`exit.json` or `reported.json` exists).
 pub fn is_finished(alloc_dir: &Path) -> bool {
-    alloc_dir.join(EXIT_FILE).exists()
+    alloc_dir.join(EXIT_FILE).exists() || alloc_dir.join(REPORTED_FILE).exists()
 }
 
 /// Every alloc directory under `data_dir`, sorted by alloc id. Entries that
@@ -235,36 +237,68 @@ pub fn rotate_all(data_dir: &Path, cfg: &LogsConfig) -> io::Result<usize> {
     Ok(count)
 }
 
+/// How much of finished allocs [`gc`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Directories in which nothing has changed for this long go.
+    pub age: Duration,
+    /// At most this many directories stay, the newest.
+    pub max_dirs: usize,
+    /// At most this many bytes (as allocated on disk) stay, the newest.
+    pub max_bytes: u64,
+}
+
+impl From<&LogsConfig> for Retention {
+    fn from(cfg: &LogsConfig) -> Self {
+        Retention {
+            age: cfg.retention,
+            max_dirs: cfg.max_finished,
+            max_bytes: cfg.max_finished_bytes.bytes(),
+        }
+    }
+}
+
 /// Removes the directories of allocs that are not live (per `is_live`: the
-/// agent is not running them) and in which nothing has changed for
-/// `retention`, then any job or index directories left empty. Returns the
-/// allocs removed. Live allocs are never touched, whatever their age.
+/// agent neither runs them nor still has to report their exit): those in
+/// which nothing has changed for `keep.age`, then the oldest until at most
+/// `keep.max_dirs` directories and `keep.max_bytes` bytes are left; then
+/// any job or index directories left empty. Returns the allocs removed.
+/// Live allocs are never touched, whatever their age or size.
 pub fn gc(
     data_dir: &Path,
-    retention: Duration,
+    keep: Retention,
     is_live: impl Fn(&AllocId) -> bool,
 ) -> io::Result<Vec<AllocId>> {
     let now = SystemTime::now();
-    let mut removed = Vec::new();
+    // (newest change, id, dir, bytes), oldest first once sorted.
+    let mut done = Vec::new();
     for (id, dir) in alloc_dirs(data_dir)? {
         if is_live(&id) {
             continue;
         }
-        let newest = match newest_mtime(&dir) {
-            Ok(t) => t,
+        match footprint(&dir) {
+            Ok((newest, bytes)) => done.push((newest, id, dir, bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
-        };
+        }
+    }
+    done.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut count = done.len();
+    let mut total: u64 = done.iter().map(|d| d.3).sum();
+    let mut removed = Vec::new();
+    for (newest, id, dir, bytes) in done {
         // A time in the future (clock stepped back) counts as fresh.
         let age = now.duration_since(newest).unwrap_or(Duration::ZERO);
-        if age < retention {
-            continue;
+        if age < keep.age && count <= keep.max_dirs && total <= keep.max_bytes {
+            break;
         }
         match fs::remove_dir_all(&dir) {
             Ok(()) => removed.push(id),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        count -= 1;
+        total = total.saturating_sub(bytes);
         // Tidy up: the index and job directories, if now empty.
         if let Some(index_dir) = dir.parent() {
             if fs::remove_dir(index_dir).is_ok() {
@@ -277,16 +311,28 @@ pub fn gc(
     Ok(removed)
 }
 
-/// The latest modification time of a directory and the files in it.
-fn newest_mtime(dir: &Path) -> io::Result<SystemTime> {
-    let mut newest = fs::metadata(dir)?.modified()?;
+/// The latest modification time of a directory and the files in it, and
+/// the bytes they take on disk (the work dir's top level included).
+fn footprint(dir: &Path) -> io::Result<(SystemTime, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir)?;
+    let mut newest = meta.modified()?;
+    let mut bytes = meta.blocks() * 512;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
-            newest = newest.max(t);
+        if let Ok(m) = entry.metadata() {
+            bytes += m.blocks() * 512;
+            if let Ok(t) = m.modified() {
+                newest = newest.max(t);
+            }
+            if m.is_dir() {
+                for inner in fs::read_dir(entry.path())?.flatten() {
+                    bytes += inner.metadata().map_or(0, |m| m.blocks() * 512);
+                }
+            }
         }
     }
-    Ok(newest)
+    Ok((newest, bytes))
 }
 
 /// Runs [`rotate_all`] and [`gc`] every `every` until `shutdown` resolves.
@@ -311,7 +357,7 @@ pub async fn maintain(
             if let Err(e) = rotate_all(&dir, &cfg) {
                 tracing::warn!(error = %e, "log rotation failed");
             }
-            match gc(&dir, cfg.retention, |id| live(id)) {
+            match gc(&dir, Retention::from(&cfg), |id| live(id)) {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!(count = removed.len(), "removed old alloc directories")
                 }
@@ -469,6 +515,14 @@ async fn logs_reply(
     };
     let dir = alloc_dir(&ctx.data_dir, &alloc);
     if !dir.is_dir() {
+        let data_dir = Arc::clone(&ctx.data_dir);
+        let id = alloc.clone();
+        let left_nothing = tokio::task::spawn_blocking(move || is_in_finished(&data_dir, &id))
+            .await
+            .unwrap_or(false);
+        if left_nothing {
+            return text_reply(Vec::new());
+        }
         return error_reply(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -478,6 +532,18 @@ async fn logs_reply(
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(produce(dir, q, ctx.stop, tx));
     let mut resp = warp::reply::stream(ChunkStream(rx)).into_response();
+    text_headers(&mut resp);
+    resp
+}
+
+/// A whole log as one body: for a finished alloc that wrote nothing.
+fn text_reply(body: Vec<u8>) -> warp::reply::Response {
+    let mut resp = warp::reply::Response::new(body.into());
+    text_headers(&mut resp);
+    resp
+}
+
+fn text_headers(resp: &mut warp::reply::Response) {
     let headers = resp.headers_mut();
     headers.insert(
         "content-type",
@@ -488,7 +554,6 @@ async fn logs_reply(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    resp
 }
 
 type Chunk = Result<Bytes, io::Error>;

@@ -74,6 +74,7 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
         user: (!opts.run_as_self).then(|| config.user.clone()),
         allow_root: config.allow_root,
         kill_grace: config.kill_grace,
+        max_finished: config.logs.max_finished,
         ..ExecConfig::new(&config.data_dir)
     })?;
     let listener = tokio::net::TcpListener::bind(config.log_listen)
@@ -121,7 +122,7 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
         config.data_dir.clone(),
         config.logs.clone(),
         LOG_MAINTENANCE_EVERY,
-        move |alloc| gc_agent.is_running(alloc),
+        move |alloc| gc_agent.is_live(alloc),
         stopped(stop_rx.clone()),
     ));
     let run = tokio::spawn(Arc::clone(&agent).run(stop_rx));

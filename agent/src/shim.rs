@@ -2,11 +2,14 @@
 //! task survives an agent crash (`kill -9`, upgrade) and its exit status is
 //! never lost.
 //!
-//! The executor starts the agent's own binary as `<agent> __shim <alloc-dir>`
-//! in a new session (so the shim's process group id is its pid) with the
-//! forwarded signals blocked. The shim then:
+//! The executor starts `drover-shim __shim <alloc-dir>` (a small binary of
+//! its own, which starts in a fraction of the agent's time; the agent's own
+//! binary when it is not installed) with posix_spawn, the forwarded signals
+//! and `SIGCHLD` blocked, stdout and stderr on `/dev/null` and the launch
+//! plan on a pipe as stdin. The shim then:
 //!
-//! 1. reads `<alloc-dir>/launch.json` ([`ShimPlan`]);
+//! 1. starts a session of its own (so its process group id is its pid) and
+//!    reads the [`ShimPlan`] from stdin, to its end: nothing on disk;
 //! 2. creates the alloc's cgroup(s) and writes the limits;
 //! 3. starts the task: cwd `work/`, exactly the planned environment (plus
 //!    `PATH` if absent), stdout/stderr appended to `stdout.log`/`stderr.log`,
@@ -17,19 +20,24 @@
 //!    turns `SIGUSR1` into `SIGKILL` for that group (this is how the executor
 //!    escalates after the grace period without killing the shim itself);
 //! 5. when the task's main process exits, kills what is left of its process
-//!    group and cgroup, reaps it, and writes `exit.json` atomically.
+//!    group and cgroup, reaps it, removes the log files and the work dir if
+//!    they are empty, and writes `exit.json` atomically.
 //!
-//! `main.rs` must dispatch to [`main`] before anything else (no runtime, no
-//! logging set up) when `argv[1] == "__shim"`; see [`is_shim_invocation`].
+//! It is one thread: signals and the task's exit (`SIGCHLD`) are taken in
+//! turn from `sigwait`. Its own diagnostics go to `shim.log`, which exists
+//! only if it had something to say.
+//!
+//! A binary that acts as the shim must dispatch to [`main`] before anything
+//! else (no runtime, no logging set up) when `argv[1] == "__shim"`; see
+//! [`is_shim_invocation`].
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::fs::{self, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_api::AllocId;
@@ -42,8 +50,8 @@ use nix::unistd::{Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::local_state::{
-    now_unix_ms, proc_stat, read_json, write_atomic, ExitRecord, EXIT_FILE, LAUNCH_FILE,
-    STDERR_LOG, STDOUT_LOG, WORK_DIR,
+    now_unix_ms, proc_stat, write_atomic, ExitRecord, EXIT_FILE, SHIM_LOG, STDERR_LOG, STDOUT_LOG,
+    WORK_DIR,
 };
 
 /// `argv[1]` that makes the agent binary act as a shim.
@@ -89,7 +97,8 @@ pub enum CgroupPlan {
     },
 }
 
-/// `launch.json`: everything the shim needs, decided by the executor.
+/// Everything the shim needs, decided by the executor and handed over on
+/// the shim's stdin as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimPlan {
     pub alloc: AllocId,
@@ -108,42 +117,84 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let dir = match args.as_slice() {
         [_, arg, dir] if arg == SHIM_ARG => PathBuf::from(dir),
         _ => {
-            eprintln!("usage: drover-agent {SHIM_ARG} <alloc-dir>");
+            eprintln!("usage: drover-shim {SHIM_ARG} <alloc-dir>");
             return EXIT_USAGE;
         }
     };
+    {
+        // A panic is the shim's diagnostic like any other.
+        let dir = dir.clone();
+        std::panic::set_hook(Box::new(move |info| note(&dir, &info.to_string())));
+    }
     // First of all, before the agent could want to stop the task: the
-    // signals to forward are blocked (and taken from `signals.wait()`),
-    // and the shim leads a session of its own, so that it outlives the
-    // agent and a signal to the agent's group never reaches it.
-    let signals = forwarded_signals();
+    // signals to forward are blocked (and taken from `sigwait`, with the
+    // task's SIGCHLD), and the shim leads a session of its own, so that it
+    // outlives the agent and a signal to the agent's group never reaches it.
+    let signals = blocked_signals();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
-        eprintln!("drover shim: cannot block signals: {e}");
+        note(&dir, &format!("cannot block signals: {e}"));
     }
     if let Err(e) = nix::unistd::setsid() {
         // Only a process that already leads its group (started by hand
         // from a shell script, say) cannot; it still supervises.
-        eprintln!("drover shim: cannot start a session: {e}");
+        note(&dir, &format!("cannot start a session: {e}"));
     }
     // Holds no directory of the agent's (which might be unmounted later).
     if let Err(e) = std::env::set_current_dir("/") {
-        eprintln!("drover shim: cannot change to /: {e}");
+        note(&dir, &format!("cannot change to /: {e}"));
     }
     let exit = supervise(&dir, signals);
-    match serde_json::to_vec_pretty(&exit)
+    tidy(&dir);
+    match serde_json::to_vec(&exit)
         .map_err(io::Error::from)
         .and_then(|bytes| write_atomic(&dir.join(EXIT_FILE), &bytes))
     {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("drover shim: cannot write {}: {e}", EXIT_FILE);
+            note(&dir, &format!("cannot write {EXIT_FILE}: {e}"));
             EXIT_SOFTWARE
         }
     }
 }
 
-/// The signals the shim blocks and forwards to the task.
-pub(crate) fn forwarded_signals() -> SigSet {
+/// Appends one line to the alloc's `shim.log` (created by the first).
+fn note(dir: &Path, message: &str) {
+    let line = format!("drover shim: {message}\n");
+    let written = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(SHIM_LOG))
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if written.is_err() {
+        let _ = io::stderr().write_all(line.as_bytes());
+    }
+}
+
+/// Removes what a finished task left empty: its log files and its work
+/// dir. Before `exit.json`, so that a finished alloc's dir no longer
+/// changes (and a `/bin/true` leaves nothing but its exit record).
+fn tidy(dir: &Path) {
+    for log in [STDOUT_LOG, STDERR_LOG] {
+        let path = dir.join(log);
+        if fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    // Fails, as it should, when the task left files there.
+    let _ = fs::remove_dir(dir.join(WORK_DIR));
+}
+
+/// What the shim blocks from its first instruction (it is started with
+/// them blocked): the signals it forwards, and SIGCHLD, which tells it the
+/// task has exited.
+pub(crate) fn blocked_signals() -> SigSet {
+    let mut set = forwarded_signals();
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// The signals the shim forwards to the task.
+fn forwarded_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -157,9 +208,12 @@ pub(crate) fn forwarded_signals() -> SigSet {
 }
 
 fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
-    let plan: ShimPlan = match read_json(&dir.join(LAUNCH_FILE)) {
+    // The agent writes the plan and closes its end; an agent that died
+    // before it finished leaves a plan that does not parse, and the task
+    // is not run.
+    let plan: ShimPlan = match serde_json::from_reader(io::stdin().lock()) {
         Ok(p) => p,
-        Err(e) => return ExitRecord::failed(format!("cannot read {LAUNCH_FILE}: {e}")),
+        Err(e) => return ExitRecord::failed(format!("no launch plan on stdin: {e}")),
     };
     let Some((program, args)) = plan.command.split_first() else {
         return ExitRecord::failed("empty command");
@@ -190,6 +244,7 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
     };
 
     let mut cmd = Command::new(program);
+    cgroup.warnings.iter().for_each(|w| note(dir, w));
     cmd.args(args)
         .env_clear()
         .envs(&plan.env)
@@ -237,43 +292,36 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
     drop(child);
     let pid = Pid::from_raw(raw_pid);
 
-    // Forward signals to the task's group until it has been reaped; the lock
-    // keeps a forward from racing the reap (after which the group id could
-    // be reused).
-    let reaped = Arc::new(Mutex::new(false));
-    {
-        let reaped = Arc::clone(&reaped);
-        std::thread::spawn(move || loop {
-            let Ok(sig) = signals.wait() else { continue };
-            let to = if sig == Signal::SIGUSR1 {
-                Signal::SIGKILL
-            } else {
-                sig
-            };
-            let done = reaped.lock().unwrap_or_else(|e| e.into_inner());
-            if !*done {
-                let _ = killpg(pid, to);
+    // Forward signals to the task's group until it has exited. It is not
+    // reaped until the loop is over: the zombie keeps the process group id
+    // reserved, so neither a forward nor the kill of what is left of the
+    // group below can reach a stranger that reused the id.
+    loop {
+        let exited = waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+        );
+        match exited {
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+            Ok(_) | Err(_) => break,
+        }
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(Signal::SIGUSR1) => {
+                let _ = killpg(pid, Signal::SIGKILL);
             }
-        });
+            Ok(sig) => {
+                let _ = killpg(pid, sig);
+            }
+        }
     }
-
-    // Wait for the exit without reaping: the zombie keeps the process group
-    // id reserved while we kill what is left of the group.
-    while let Err(nix::errno::Errno::EINTR) =
-        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
-    {}
-    let status = {
-        let mut done = reaped.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = killpg(pid, Signal::SIGKILL);
-        cgroup.kill_all();
-        let status = loop {
-            match waitpid(pid, None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                other => break other,
-            }
-        };
-        *done = true;
-        status
+    let _ = killpg(pid, Signal::SIGKILL);
+    cgroup.kill_all();
+    let status = loop {
+        match waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
     };
     let oom_killed = matches!((oom_before, cgroup.oom_kills()), (Some(a), Some(b)) if b > a);
     cgroup.cleanup();
@@ -371,6 +419,8 @@ pub(crate) fn set_child_setup(cmd: &mut Command, setup: ChildSetup) {
 /// The cgroup directories of one alloc.
 #[derive(Debug, Default)]
 struct Cgroup {
+    /// What could not be set up, the task runs all the same (for `shim.log`).
+    warnings: Vec<String>,
     /// The directories the task joins (one for v2; memory and/or cpu for v1).
     dirs: Vec<PathBuf>,
     /// Where the OOM kill counter is read: `(file, key)`.
@@ -413,7 +463,8 @@ impl Cgroup {
                 if cpu_max.exists() {
                     write_file(&cpu_max, &format!("{quota} 100000"))?;
                 } else if *cpu_millis > 0 {
-                    eprintln!("drover shim: no cpu controller; the CPU limit is not enforced");
+                    cg.warnings
+                        .push("no cpu controller; the CPU limit is not enforced".into());
                 }
                 cg.oom_file = Some(dir.join("memory.events"));
             }

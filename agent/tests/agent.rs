@@ -224,9 +224,10 @@ fn a_task_never_outlives_its_shim() {
         assert!(Instant::now() < deadline, "the task never wrote its pid");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let shim = std::fs::read_to_string(dir.path().join("allocs/orphan/0/1/shim.json")).unwrap();
-    let shim: serde_json::Value = serde_json::from_str(&shim).unwrap();
-    let shim_pid = shim["pid"].as_i64().unwrap() as i32;
+    // The shim is known by the state file, saved once the batch launched.
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let shim_pid = state["allocs"][0]["shim"]["pid"].as_i64().unwrap() as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim_pid),
         nix::sys::signal::Signal::SIGKILL,

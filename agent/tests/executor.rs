@@ -683,3 +683,103 @@ fn without_a_writable_cgroup_tasks_run_without_limits() {
     let exit = wait_exit(&mut exec, &fx.alloc(0));
     assert_eq!(exit.exit_code, Some(0), "{exit:?}");
 }
+
+/// Every file and directory under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if p.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_task_that_leaves_nothing_becomes_one_line_once_reported_and_never_runs_again() {
+    let fx = Fixture::new("silent");
+    let mut exec = fx.open();
+    let launch = exec.launch(fx.spec(0, "true")).expect("launch");
+    let exit = wait_exit(&mut exec, &fx.alloc(0));
+    assert_eq!(exit.exit_code, Some(0));
+    // Empty logs and an empty work dir are removed by the shim, which had
+    // nothing to say itself: only the exit record is left.
+    assert_eq!(tree(&launch.dir), ["exit.json"]);
+
+    exec.ack(&[fx.alloc(0)]);
+    assert!(!launch.dir.exists(), "{:?}", tree(fx.dir.path()));
+    assert!(
+        !launch.dir.parent().unwrap().exists(),
+        "the task's index dir goes with its only attempt"
+    );
+    let finished = fs::read_to_string(fx.dir.path().join("finished.jsonl")).expect("index");
+    let lines: Vec<&str> = finished.lines().collect();
+    assert_eq!(lines.len(), 1, "{finished}");
+    assert!(
+        lines[0].starts_with(&format!("{{\"alloc\":\"{}\",", fx.alloc(0))),
+        "{finished}"
+    );
+    assert!(lines[0].contains("\"exit_code\":0"), "{finished}");
+
+    // Never run again, in this process or the next.
+    let again = exec.launch(fx.spec(0, "true")).expect("launch");
+    assert!(!again.started && again.exited, "{again:?}");
+    drop(exec);
+    let mut exec = fx.open();
+    let again = exec.launch(fx.spec(0, "true")).expect("launch");
+    assert!(!again.started && again.exited, "{again:?}");
+    assert!(!launch.dir.exists());
+    assert!(exec.poll().is_empty(), "not reported a second time");
+}
+
+#[test]
+fn a_task_with_output_keeps_its_logs_and_its_exit_as_reported_json() {
+    let fx = Fixture::new("chatty");
+    let mut exec = fx.open();
+    let launch = exec.launch(fx.spec(0, "echo out")).expect("launch");
+    wait_exit(&mut exec, &fx.alloc(0));
+    assert_eq!(tree(&launch.dir), ["exit.json", "stdout.log"]);
+    exec.ack(&[fx.alloc(0)]);
+    assert_eq!(tree(&launch.dir), ["reported.json", "stdout.log"]);
+    assert_eq!(
+        fs::read_to_string(launch.dir.join("stdout.log")).unwrap(),
+        "out\n"
+    );
+    assert!(!fx.dir.path().join("finished.jsonl").exists());
+    drop(exec);
+    let mut exec = fx.open();
+    assert!(exec.known().is_empty(), "{:?}", exec.known());
+    let again = exec.launch(fx.spec(0, "echo out")).expect("launch");
+    assert!(!again.started, "{again:?}");
+    assert!(exec.poll().is_empty(), "not reported a second time");
+}
+
+#[test]
+fn the_finished_index_keeps_the_newest_allocs() {
+    let fx = Fixture::new("index");
+    let mut cfg = fx.config();
+    cfg.max_finished = 2;
+    let mut exec = Executor::open(cfg).expect("open");
+    for i in 0..5 {
+        exec.launch(fx.spec(i, "true")).expect("launch");
+        wait_exit(&mut exec, &fx.alloc(i));
+        exec.ack(&[fx.alloc(i)]);
+    }
+    let finished = fs::read_to_string(fx.dir.path().join("finished.jsonl")).expect("index");
+    let ids: Vec<String> = finished
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["alloc"].to_string())
+        .collect();
+    // Trimmed to the newest 2 once it held more than twice that.
+    assert_eq!(
+        ids,
+        [fx.alloc(3), fx.alloc(4)].map(|a| format!("\"{a}\"")),
+        "{finished}"
+    );
+}

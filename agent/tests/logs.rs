@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use drover_agent::logs::{self, alloc_dir, gc, rotate, rotated_path, Stream};
+use drover_agent::logs::{self, alloc_dir, gc, rotate, rotated_path, Retention, Stream};
 use drover_agent::metrics::AgentMetrics;
 use drover_api::AllocId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -230,6 +230,30 @@ async fn serves_a_stream_from_an_offset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_alloc_that_left_nothing_has_empty_logs_not_a_404() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("finished.jsonl"),
+        "{\"alloc\":\"quiet/0/1\",\"exit\":{\"exit_code\":0,\"signal\":null,\"finished_at_unix_ms\":1}}\n",
+    )
+    .unwrap();
+    let srv = start(tmp.path()).await;
+    for stream in ["stdout", "stderr"] {
+        let r = get(
+            srv.addr,
+            &format!("/v1/allocs/quiet/0/1/logs?stream={stream}"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.is_empty(), "{r:?}");
+    }
+    // Another attempt of the same task is unknown here.
+    let r = get(srv.addr, "/v1/allocs/quiet/0/2/logs").await;
+    assert_eq!(r.status, 404);
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_allocs_and_bad_queries_are_json_errors() {
     let tmp = tempfile::tempdir().unwrap();
     make_alloc(tmp.path(), "render/3/1", "x", "");
@@ -417,6 +441,71 @@ fn age(dir: &Path, by: Duration) {
     File::open(dir).unwrap().set_modified(t).unwrap();
 }
 
+/// Keeps by age only.
+fn by_age(age: Duration) -> Retention {
+    Retention {
+        age,
+        max_dirs: usize::MAX,
+        max_bytes: u64::MAX,
+    }
+}
+
+#[test]
+fn gc_keeps_at_most_max_dirs_and_max_bytes_of_finished_allocs_the_newest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let day = Duration::from_secs(24 * 3600);
+    // Four finished allocs, each a minute newer than the one before, and a
+    // live one older than them all.
+    for (i, minutes) in [(0, 40), (1, 30), (2, 20), (3, 10)] {
+        let dir = make_alloc(data, &format!("many/{i}/1"), &"x".repeat(10_000), "");
+        finish_alloc(&dir);
+        age(&dir, Duration::from_secs(minutes * 60));
+    }
+    let live = make_alloc(data, "many/9/1", "running", "");
+    age(&live, Duration::from_secs(3600));
+    let is_live = |a: &AllocId| *a == alloc("many/9/1");
+
+    let removed = gc(
+        data,
+        Retention {
+            max_dirs: 3,
+            ..by_age(day)
+        },
+        is_live,
+    )
+    .unwrap();
+    assert_eq!(removed, vec![alloc("many/0/1")]);
+
+    // On disk each takes 16 to 21 KB (a 10,000-byte log in 4 KiB blocks,
+    // its exit file, its directory): 45,000 bytes hold two, not three.
+    let removed = gc(
+        data,
+        Retention {
+            max_bytes: 45_000,
+            ..by_age(day)
+        },
+        is_live,
+    )
+    .unwrap();
+    assert_eq!(removed, vec![alloc("many/1/1")]);
+    assert!(alloc_dir(data, &alloc("many/2/1")).exists());
+    assert!(alloc_dir(data, &alloc("many/3/1")).exists());
+    assert!(live.exists(), "a live alloc is kept whatever the limits");
+
+    let removed = gc(
+        data,
+        Retention {
+            max_dirs: 0,
+            ..by_age(day)
+        },
+        is_live,
+    )
+    .unwrap();
+    assert_eq!(removed, vec![alloc("many/2/1"), alloc("many/3/1")]);
+    assert!(live.exists());
+}
+
 #[test]
 fn gc_removes_old_finished_allocs_and_keeps_live_and_recent_ones() {
     let tmp = tempfile::tempdir().unwrap();
@@ -434,7 +523,7 @@ fn gc_removes_old_finished_allocs_and_keeps_live_and_recent_ones() {
     age(&stranger, 2 * day);
 
     let live = alloc("svc/0/1");
-    let removed = gc(data, day, |a| *a == live).unwrap();
+    let removed = gc(data, by_age(day), |a| *a == live).unwrap();
     assert_eq!(removed, vec![alloc("batch/0/1")]);
     assert!(!old_done.exists());
     // Its now-empty index directory goes too; the job's stays for batch/1.
@@ -444,10 +533,10 @@ fn gc_removes_old_finished_allocs_and_keeps_live_and_recent_ones() {
     assert!(stranger.exists());
 
     // Once the service alloc is no longer live, its old directory goes.
-    let removed = gc(data, day, |_| false).unwrap();
+    let removed = gc(data, by_age(day), |_| false).unwrap();
     assert_eq!(removed, vec![alloc("svc/0/1")]);
     assert!(!data.join("allocs/svc").exists());
     // No allocs directory at all: nothing to do.
     let empty = tempfile::tempdir().unwrap();
-    assert!(gc(empty.path(), day, |_| false).unwrap().is_empty());
+    assert!(gc(empty.path(), by_age(day), |_| false).unwrap().is_empty());
 }

@@ -70,10 +70,11 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 fn expected_files() -> Vec<(String, Option<PathBuf>, u32)> {
     let root = repo_root();
     let mut want: Vec<(String, Option<PathBuf>, u32)> = vec![
-        // Release builds of the three binaries (no repository source).
+        // Release builds of the four binaries (no repository source).
         ("usr/bin/drover".into(), None, 0o755),
         ("usr/bin/drover-master".into(), None, 0o755),
         ("usr/bin/drover-agent".into(), None, 0o755),
+        ("usr/bin/drover-shim".into(), None, 0o755),
     ];
     let same = |from: &str, to: &str| (to.to_string(), Some(root.join(from)), 0o644);
     want.extend([
