@@ -86,6 +86,15 @@ impl DevCluster {
         self._dir.path()
     }
 
+    /// The resident memory of `drover dev` (master and agents together), KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Stops it as Ctrl-C would (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
         terminate(&mut self.child)
@@ -293,9 +302,39 @@ impl Throughput {
     }
 }
 
-/// Runs one job of `tasks` `/bin/true` tasks and waits for it to complete.
-pub async fn throughput(client: &Client, tasks: u32) -> anyhow::Result<Throughput> {
-    let name = "throughput";
+/// The bytes `dir` and everything under it take on disk (allocated blocks).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut bytes = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            bytes += disk_bytes(&entry.path());
+        }
+    }
+    bytes
+}
+
+/// Heartbeats the master has answered (`drover_http_requests_total` of the
+/// heartbeat route, all codes).
+pub async fn heartbeats(client: &Client) -> anyhow::Result<f64> {
+    let reply = client.raw("GET", "/metrics", None).await?;
+    let text = String::from_utf8_lossy(&reply.body);
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("drover_http_requests_total{")
+                && l.contains("route=\"POST /v1/agent/heartbeat\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Runs one job of `tasks` `/bin/true` tasks, named `name`, and waits for
+/// it to complete.
+pub async fn throughput(client: &Client, name: &str, tasks: u32) -> anyhow::Result<Throughput> {
     let spec = format!(
         "name: {name}\ncount: {tasks}\ncommand: [/bin/true]\nresources: {{cpu: 10m, memory: 16Mi}}\nrestart: {{attempts: 0}}\n"
     );

@@ -8,7 +8,9 @@
 //!   target/release/drover-bench sim --nodes 1000 --tasks 100000 --jobs 100 --runs 3
 
 use clap::{Parser, Subcommand};
-use drover_bench::{drover_binary, latency, spawn_limit, throughput, DevCluster, Summary};
+use drover_bench::{
+    disk_bytes, drover_binary, heartbeats, latency, spawn_limit, throughput, DevCluster, Summary,
+};
 
 mod sim_cmd;
 
@@ -34,6 +36,10 @@ enum Bench {
         /// Runs, each on a fresh cluster (min/median/max reported).
         #[arg(long, default_value_t = 1)]
         runs: u32,
+        /// After each run, a second job of this many tasks on the same
+        /// cluster: does a cluster with that history run slower?
+        #[arg(long)]
+        then: Option<u32>,
     },
     /// /bin/true started and reaped as fast as this machine allows: one
     /// thread per core spawning and waiting in a loop.
@@ -87,14 +93,40 @@ async fn main() -> anyhow::Result<()> {
                 ms(s.max)
             );
         }
-        Bench::Throughput { tasks, runs } => {
+        Bench::Throughput { tasks, runs, then } => {
             let drover = drover_binary()?;
             let limit = spawn_limit(10_000, cores())?;
             eprintln!("spawn-limit: {limit:.0} processes/s");
             let mut rates = Vec::new();
             for run in 1..=runs {
                 let cluster = DevCluster::start(&drover, 1)?;
-                let t = throughput(&cluster.client(), tasks).await?;
+                let client = cluster.client();
+                let beats_before = heartbeats(&client).await?;
+                let t = throughput(&client, "throughput", tasks).await?;
+                let beats = heartbeats(&client).await? - beats_before;
+                // The agents' data dirs only: the master's store is not
+                // the agent's footprint.
+                let disk: u64 = std::fs::read_dir(cluster.data_dir())?
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("agent"))
+                    .map(|e| disk_bytes(&e.path()))
+                    .sum();
+                eprintln!(
+                    "run {run}: {beats:.0} heartbeats ({:.1} tasks each); agent data dir {} KiB \
+                     ({:.0} bytes per finished alloc); drover dev RSS {} MiB",
+                    f64::from(tasks) / beats.max(1.0),
+                    disk / 1024,
+                    disk as f64 / f64::from(tasks),
+                    cluster.rss_kib().unwrap_or(0) / 1024
+                );
+                if let Some(n) = then {
+                    let after = throughput(&client, "then", n).await?;
+                    eprintln!(
+                        "run {run}, then: {n} tasks in {:.2} s = {:.0} tasks/s on the same cluster",
+                        after.elapsed.as_secs_f64(),
+                        after.tasks_per_second()
+                    );
+                }
                 let tenths: Vec<String> = t.tenths.iter().map(|r| format!("{r:.0}")).collect();
                 eprintln!(
                     "run {run}: {} tasks in {:.2} s = {:.0} tasks/s ({} retried); per tenth: {}",

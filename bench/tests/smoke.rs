@@ -23,7 +23,9 @@ async fn a_few_submissions_each_reach_running_and_are_measured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_throughput_run_completes_every_task_exactly_once() {
     let cluster = DevCluster::start(&drover_binary().unwrap(), 1).unwrap();
-    let t = throughput(&cluster.client(), 100).await.unwrap();
+    let t = throughput(&cluster.client(), "throughput", 100)
+        .await
+        .unwrap();
     assert_eq!(t.tasks, 100);
     assert_eq!(t.retried, 0, "every task succeeded at its first attempt");
     let job = cluster

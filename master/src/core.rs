@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::model::{Drain, NodeLive, NodeRecord, Nomination, TaskRecord};
 use crate::state::{Changes, Cluster, Txn};
 use crate::store::{Batch, Store, StoreError};
-use crate::view::{build_view, demand_of, task_request};
+use crate::view::{build_view, demand_of, task_request, Capacity};
 
 /// Runtime parameters of the master (from its config file and flags).
 #[derive(Debug, Clone)]
@@ -304,7 +304,16 @@ impl Master {
         // Preemptors waiting for their victims: decided before the policies.
         let mut nominated: Vec<(PolicyKind, TaskRequest, NodeId)> = Vec::new();
         let mut pending_since: BTreeMap<TaskId, u64> = BTreeMap::new();
+        // Per job: tasks examined, and how many at most (see Capacity).
+        let capacity = Capacity::of(&cluster);
+        let mut examined: BTreeMap<JobId, (usize, usize)> = BTreeMap::new();
+        let mut capped: BTreeSet<JobId> = BTreeSet::new();
         for tid in &cluster.pending {
+            // The queue is in task id order: a capped job's other waiting
+            // tasks follow its last examined one, and cost a comparison.
+            if capped.last() == Some(&tid.job) && !cluster.nominated.contains(tid) {
+                continue;
+            }
             let (Some(task), Some(job)) = (cluster.tasks.get(tid), cluster.jobs.get(&tid.job))
             else {
                 continue;
@@ -316,6 +325,18 @@ impl Master {
             let demand = demands
                 .entry(job.id.clone())
                 .or_insert_with(|| Arc::new(demand_of(spec)));
+            // Elastic jobs are not capped: gang admission looks at how
+            // many shards of the job are queued.
+            if task.nominated.is_none() && spec.elastic.is_none() {
+                let (seen, most) = examined
+                    .entry(job.id.clone())
+                    .or_insert_with(|| (0, capacity.examine_at_most(demand)));
+                if *seen >= *most {
+                    capped.insert(job.id.clone());
+                    continue;
+                }
+                *seen += 1;
+            }
             let since = task.history.last().map_or(now_ms, |t| t.at_unix_ms);
             pending_since.insert(tid.clone(), since.max(task.not_before_ms));
             let kind = spec.effective_policy(default);
@@ -398,9 +419,14 @@ impl Master {
             txn.into_changes()
         };
         let durable = self.stage(&mut cluster, changes);
+        let mut job_waits = BTreeMap::new();
         for (task, reason) in waits {
+            if capped.contains(&task.job) {
+                job_waits.insert(task.job.clone(), reason.clone());
+            }
             cluster.wait_reasons.insert(task, reason);
         }
+        cluster.job_wait_reasons = job_waits;
         let waiting = cluster.pending.len();
         drop(cluster);
         durable.wait().await?;

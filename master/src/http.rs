@@ -198,7 +198,11 @@ fn task_view<'a>(c: &'a Cluster, t: &'a TaskRecord) -> TaskView<'a> {
         id: &t.id,
         state: t.state,
         reason: t.reason(),
-        waiting: c.wait_reasons.get(&t.id),
+        waiting: c.wait_reasons.get(&t.id).or_else(|| {
+            (t.state == TaskState::Pending)
+                .then(|| c.job_wait_reasons.get(&t.id.job))
+                .flatten()
+        }),
         job_version: t.job_version,
         restarts: t.restarts,
         attempts: (1..=t.attempts)

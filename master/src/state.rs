@@ -34,6 +34,10 @@ pub struct Cluster {
     pub nominated: BTreeSet<TaskId>,
     /// Why each pending task is still waiting, from the last pass.
     pub wait_reasons: BTreeMap<TaskId, String>,
+    /// For jobs with more waiting tasks than the cluster could hold, which
+    /// the last pass did not all examine: why the last one it examined
+    /// waits, which stands for the others.
+    pub job_wait_reasons: BTreeMap<JobId, String>,
     pub next_seq: u64,
 }
 

@@ -7,7 +7,7 @@ use scheduler_policies::{
     AllocView, ClusterView, Demand, GpuView, NodeStatus, NodeView, Reservation, TaskRequest,
 };
 
-use crate::state::Txn;
+use crate::state::{Cluster, Txn};
 
 /// Nodes with their allocatable capacity (capacity less reserved), every
 /// live alloc (stopping ones too: they hold what they had until they exit),
@@ -114,5 +114,89 @@ pub fn task_request(
         submit_seq,
         demand: Arc::clone(demand),
         elastic: spec.elastic,
+    }
+}
+
+/// What every node that takes work could hold, all of it free: nothing a
+/// pass places can exceed it, whatever the policy (preemption and elastic
+/// shrinking make room only within it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capacity {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u64,
+}
+
+impl Capacity {
+    /// Allocatable capacity summed over the nodes that are neither down
+    /// nor draining.
+    pub fn of(cluster: &Cluster) -> Capacity {
+        let mut c = Capacity::default();
+        for n in cluster
+            .nodes
+            .values()
+            .filter(|n| !n.down && n.drain.is_none())
+        {
+            c.cpu_millis += n.resources.cpu_millis.saturating_sub(n.reserved.cpu_millis);
+            c.memory_bytes += n
+                .resources
+                .memory_bytes
+                .saturating_sub(n.reserved.memory_bytes);
+            c.gpus += n.resources.gpus.len() as u64;
+        }
+        c
+    }
+
+    /// How many waiting tasks of this demand a pass need examine: as many
+    /// as could fit, plus one, whose wait reason stands for the rest. A
+    /// pass so costs what it can place, not how many tasks wait.
+    pub fn examine_at_most(&self, d: &Demand) -> usize {
+        let fit = |have: u64, want: u64| (want > 0).then(|| have / want);
+        [
+            fit(self.cpu_millis, d.cpu_millis),
+            fit(self.memory_bytes, d.memory_bytes),
+            fit(self.gpus, u64::from(d.gpus)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(usize::MAX, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX).saturating_add(1)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demand(cpu_millis: u64, memory_bytes: u64, gpus: u32) -> Demand {
+        Demand {
+            cpu_millis,
+            memory_bytes,
+            gpus,
+            gpu_model: None,
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_pass_examines_what_could_fit_plus_one() {
+        let c = Capacity {
+            cpu_millis: 2000,
+            memory_bytes: 8 << 30,
+            gpus: 2,
+        };
+        // cpu binds: 2000 / 10 = 200.
+        assert_eq!(c.examine_at_most(&demand(10, 16 << 20, 0)), 201);
+        // memory binds: 8 GiB / 4 GiB = 2.
+        assert_eq!(c.examine_at_most(&demand(10, 4 << 30, 0)), 3);
+        // gpus bind.
+        assert_eq!(c.examine_at_most(&demand(1, 1, 1)), 3);
+        // More than the whole cluster: one, for the reason.
+        assert_eq!(c.examine_at_most(&demand(4000, 0, 0)), 1);
+        // Asks for nothing: no bound.
+        assert_eq!(c.examine_at_most(&demand(0, 0, 0)), usize::MAX);
+        assert_eq!(Capacity::default().examine_at_most(&demand(1, 0, 0)), 1);
     }
 }

@@ -686,6 +686,31 @@ async fn getting_a_job_shows_its_spec_policy_and_task_counts_by_state() {
 }
 
 #[tokio::test]
+async fn a_pass_examines_what_fits_of_a_big_job_and_its_other_tasks_share_the_reason() {
+    let h = Harness::new().await;
+    h.add_node("n1").await;
+    // 3 CPUs each on a 4-CPU node: one fits; a pass looks at two of the
+    // 1,000 (the one it places, and one to say why the rest wait).
+    h.create(&spec_with(
+        "wide",
+        1000,
+        json!({"resources": {"cpu": "3", "memory": "1Gi"}}),
+    ))
+    .await;
+    h.create(&spec("small", 1)).await;
+    // The later, smaller job is not held up behind the big one's queue.
+    assert_eq!(h.schedule().await, 2);
+    let small = h.get("/v1/tasks/small/0").await.expect(200);
+    assert_eq!(small["state"], "assigned", "{small}");
+    for index in [1, 999] {
+        let t = h.get(&format!("/v1/tasks/wide/{index}")).await.expect(200);
+        assert_eq!(t["state"], "pending");
+        let waiting = t["waiting"].as_str().unwrap_or_default();
+        assert!(waiting.contains("insufficient cpu"), "{t}");
+    }
+}
+
+#[tokio::test]
 async fn deleting_a_job_stops_it_and_kills_its_live_allocs() {
     let h = Harness::new().await;
     h.add_node("n1").await;
