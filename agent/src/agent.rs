@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client::{ClientError, MasterClient};
-use crate::executor::{Executor, Exited, LaunchSpec};
+use crate::executor::{self, ExecError, Executor, Exited, Launch, LaunchSpec, Prepare, Prepared};
 use crate::fingerprint::Probe;
 use crate::metrics::AgentMetrics;
 
@@ -283,37 +283,60 @@ impl Agent {
                 }
             }
         }
-        for a in desired.iter().filter(|a| !a.stop) {
-            let spec = LaunchSpec {
-                alloc: a.alloc.clone(),
-                command: a.command.clone(),
-                env: a.env.clone(),
-                shard_count: a.env.get("DROVER_SHARD_COUNT").and_then(|n| n.parse().ok()),
-                cpu_millis: a.cpu_millis,
-                memory_bytes: a.memory_bytes,
-                gpus: a.gpus.clone(),
-            };
-            let result = lock(&self.executor).launch(spec);
+        let specs = desired.iter().filter(|a| !a.stop).map(|a| LaunchSpec {
+            alloc: a.alloc.clone(),
+            command: a.command.clone(),
+            env: a.env.clone(),
+            shard_count: a.env.get("DROVER_SHARD_COUNT").and_then(|n| n.parse().ok()),
+            cpu_millis: a.cpu_millis,
+            memory_bytes: a.memory_bytes,
+            gpus: a.gpus.clone(),
+        });
+        // The executor's books are checked and updated under its lock, but
+        // the shims start without it (and several at once), so that exits
+        // are collected and reported while a batch starts.
+        let mut refused = Vec::new();
+        let prepared: Vec<Prepared> = {
+            let mut executor = lock(&self.executor);
+            specs
+                .filter_map(|spec| {
+                    let alloc = spec.alloc.clone();
+                    match executor.prepare(spec) {
+                        Ok(Prepare::Start(p)) => Some(*p),
+                        Ok(Prepare::Known(_)) => None,
+                        Err(e) => {
+                            refused.push((alloc, e));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        };
+        let started = executor::start_all(prepared);
+        let results: Vec<(AllocId, Result<Launch, ExecError>)> = {
+            let mut executor = lock(&self.executor);
+            let results = started
+                .into_iter()
+                .map(|s| (s.alloc().clone(), executor.finish(s)))
+                .collect();
+            if let Err(e) = executor.flush() {
+                tracing::error!(error = %e, "cannot save the executor state");
+            }
+            results
+        };
+        let failed = refused.into_iter().map(|(alloc, e)| (alloc, Err(e)));
+        for (alloc, result) in results.into_iter().chain(failed) {
             match result {
                 Ok(launch) if launch.started => {
-                    tracing::info!(alloc = %a.alloc, shim_pid = ?launch.shim_pid, "task started");
-                    self.push(a.alloc.clone(), AllocState::Running, None, None, None);
+                    tracing::info!(alloc = %alloc, shim_pid = ?launch.shim_pid, "task started");
+                    self.push(alloc, AllocState::Running, None, None, None);
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(alloc = %a.alloc, error = %e, "task could not start");
-                    self.push(
-                        a.alloc.clone(),
-                        AllocState::Failed,
-                        None,
-                        None,
-                        Some(e.to_string()),
-                    );
+                    tracing::warn!(alloc = %alloc, error = %e, "task could not start");
+                    self.push(alloc, AllocState::Failed, None, None, Some(e.to_string()));
                 }
             }
-        }
-        if let Err(e) = lock(&self.executor).flush() {
-            tracing::error!(error = %e, "cannot save the executor state");
         }
     }
 

@@ -3,11 +3,15 @@
 //! [local state](crate::local_state) so that an agent restart re-attaches to
 //! running tasks and reports every exit exactly once.
 //!
-//! The API is synchronous and cheap except `launch` (fork/exec plus a few
-//! fsyncs); from tokio, call it through `spawn_blocking`.
+//! The API is synchronous. Everything but starting a shim only reads and
+//! updates the executor's books (and `state.json`, once per batch); a
+//! launch is split so that a caller holding the executor under a lock
+//! starts shims without it: [`Executor::prepare`] under the lock,
+//! [`start_all`] outside it, [`Executor::finish`] under it again.
 //!
 //! - [`Executor::launch`] is idempotent on the alloc id: a known alloc
-//!   (running or exited, in memory or only on disk) is never started again.
+//!   (running, exited, being started, in memory or only on disk) is never
+//!   started again.
 //! - [`Executor::stop`] sends SIGTERM to the task's process group (through
 //!   the shim) and records a deadline; [`Executor::poll`] sends SIGKILL once
 //!   it has passed.
@@ -257,6 +261,8 @@ pub struct Executor {
     finished_ids: BTreeSet<AllocId>,
     /// Launched since `state.json` was last saved.
     dirty: bool,
+    /// Prepared and not yet finished: being started outside the executor.
+    starting: BTreeSet<AllocId>,
 }
 
 impl Executor {
@@ -325,6 +331,7 @@ impl Executor {
             finished,
             finished_ids,
             dirty: false,
+            starting: BTreeSet::new(),
         })
     }
 
@@ -346,59 +353,96 @@ impl Executor {
     /// Starts the alloc under a new shim, or returns what is known of it.
     /// If the shim cannot be started the alloc is recorded as failed (and
     /// reported by `poll`) and an error is returned; it is not retried.
+    /// [`Executor::prepare`], [`Prepared::start`] and [`Executor::finish`]
+    /// in one: a caller with many to start runs the middle step without
+    /// the executor, several at once ([`start_all`]).
     pub fn launch(&mut self, spec: LaunchSpec) -> Result<Launch, ExecError> {
-        if let Some(rec) = self.state.get(&spec.alloc) {
-            return Ok(self.existing(rec));
+        match self.prepare(spec)? {
+            Prepare::Known(launch) => Ok(launch),
+            Prepare::Start(prepared) => self.finish(prepared.start()),
         }
-        if self.finished_ids.contains(&spec.alloc) {
-            return Ok(Launch {
+    }
+
+    /// The part of a launch that needs the executor's books: is the alloc
+    /// known (running, exited, finished, or being started right now)? If
+    /// not, it is marked as being started until [`Executor::finish`].
+    pub fn prepare(&mut self, spec: LaunchSpec) -> Result<Prepare, ExecError> {
+        if let Some(rec) = self.state.get(&spec.alloc) {
+            return Ok(Prepare::Known(self.existing(rec)));
+        }
+        let finished = self.finished_ids.contains(&spec.alloc);
+        if finished || self.starting.contains(&spec.alloc) {
+            return Ok(Prepare::Known(Launch {
                 dir: self.alloc_dir(&spec.alloc),
                 alloc: spec.alloc,
                 shim_pid: None,
                 started: false,
-                exited: true,
-            });
+                exited: finished,
+            }));
         }
         validate(&spec)?;
-        let dir = self.alloc_dir(&spec.alloc);
-        if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
-        }
-        // Creating the directory claims the alloc: it is never run twice.
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let rec = record_from_dir(&dir, spec.alloc.clone());
-                let launch = self.existing(&rec);
-                self.state.insert(rec);
-                self.state.save()?;
-                return Ok(launch);
-            }
-            Err(e) => return Err(io_err("cannot create", &dir)(e)),
-        }
-        match check_program(&spec).and_then(|()| self.start_shim(&spec, &dir)) {
-            Ok(id) => {
+        let plan = ShimPlan {
+            alloc: spec.alloc.clone(),
+            command: spec.command.clone(),
+            env: drover_api::protocol::task_env(
+                &spec.alloc,
+                spec.shard_count,
+                &spec.gpus,
+                &spec.env,
+            ),
+            ids: self.ids.clone(),
+            cgroup: self.cgroup_plan(&spec),
+        };
+        self.starting.insert(spec.alloc.clone());
+        Ok(Prepare::Start(Box::new(Prepared {
+            dir: self.alloc_dir(&spec.alloc),
+            program: self.cfg.shim_program.clone(),
+            owner: self.ids.as_ref().map(|ids| (ids.uid, ids.gid)),
+            plan,
+            spec,
+        })))
+    }
+
+    /// Books what [`Prepared::start`] did: a started shim is watched from
+    /// now on, a failure after the alloc's directory was claimed is
+    /// recorded (and reported by `poll`) and returned as the error.
+    pub fn finish(&mut self, started: Started) -> Result<Launch, ExecError> {
+        let Started { prepared, outcome } = started;
+        let alloc = prepared.spec.alloc;
+        self.starting.remove(&alloc);
+        match outcome {
+            Outcome::Spawned { child, id } => {
+                self.live.entry(alloc.clone()).or_default().child = Some(child);
                 // Not saved here but by `flush`, once per batch: an fsync per
                 // launch capped a node at a few dozen launches a second, and
                 // a shim started just before a crash is found by its
                 // command line (see `open`).
+                self.dirty = true;
                 self.state.insert(AllocRecord {
-                    alloc: spec.alloc.clone(),
+                    alloc: alloc.clone(),
                     shim: Some(id),
                     status: AllocStatus::Running,
                     reported: false,
                 });
                 Ok(Launch {
-                    alloc: spec.alloc,
+                    alloc,
                     shim_pid: u32::try_from(id.pid).ok(),
                     started: true,
                     exited: false,
-                    dir,
+                    dir: prepared.dir,
                 })
             }
-            Err(err) => {
+            Outcome::Claimed => {
+                let rec = record_from_dir(&prepared.dir, alloc);
+                let launch = self.existing(&rec);
+                self.state.insert(rec);
+                self.state.save()?;
+                Ok(launch)
+            }
+            Outcome::Unclaimed(err) => Err(err),
+            Outcome::Failed(err) => {
                 self.state.insert(AllocRecord {
-                    alloc: spec.alloc.clone(),
+                    alloc,
                     shim: None,
                     status: AllocStatus::Exited {
                         exit: ExitRecord::failed(err.to_string()),
@@ -429,51 +473,6 @@ impl Executor {
             exited: matches!(rec.status, AllocStatus::Exited { .. }),
             dir: self.alloc_dir(&rec.alloc),
         }
-    }
-
-    fn start_shim(&mut self, spec: &LaunchSpec, dir: &Path) -> Result<ShimIdentity, ExecError> {
-        let work = dir.join(WORK_DIR);
-        fs::create_dir(&work).map_err(io_err("cannot create", &work))?;
-        if let Some(ids) = &self.ids {
-            nix::unistd::chown(
-                &work,
-                Some(Uid::from_raw(ids.uid)),
-                Some(nix::unistd::Gid::from_raw(ids.gid)),
-            )
-            .map_err(|e| io_err("cannot chown", &work)(e.into()))?;
-        }
-        let plan = ShimPlan {
-            alloc: spec.alloc.clone(),
-            command: spec.command.clone(),
-            env: drover_api::protocol::task_env(
-                &spec.alloc,
-                spec.shard_count,
-                &spec.gpus,
-                &spec.env,
-            ),
-            ids: self.ids.clone(),
-            cgroup: self.cgroup_plan(spec),
-        };
-        let plan = serde_json::to_vec(&plan).map_err(|e| io_err("cannot encode", dir)(e.into()))?;
-        let (child, plan_pipe) =
-            spawn_shim(&self.cfg.shim_program, dir).map_err(|errno| ExecError::Spawn {
-                alloc: spec.alloc.clone(),
-                program: self.cfg.shim_program.clone(),
-                source: io::Error::from(errno),
-            })?;
-        let pid = child.as_raw();
-        // Until reaped (below, in poll) the shim is at worst a zombie, so its
-        // stat is readable here.
-        let start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
-        let id = ShimIdentity { pid, start_time };
-        self.live.entry(spec.alloc.clone()).or_default().child = Some(child);
-        self.dirty = true;
-        // A shim that died before reading it has recorded nothing; poll
-        // finds it dead and reports the alloc failed.
-        if let Err(e) = (&plan_pipe).write_all(&plan) {
-            tracing::warn!(alloc = %spec.alloc, error = %e, "the shim did not take its launch plan");
-        }
-        Ok(id)
     }
 
     /// The alloc's cgroup directory name under each hierarchy's parent.
@@ -802,6 +801,164 @@ fn exited(alloc: &AllocId, exit: &ExitRecord) -> Exited {
         message,
     }
 }
+
+/// What [`Executor::prepare`] found.
+#[derive(Debug)]
+pub enum Prepare {
+    /// The alloc is known (or being started): nothing to start.
+    Known(Launch),
+    /// To be started by [`Prepared::start`], then booked by [`Executor::finish`].
+    Start(Box<Prepared>),
+}
+
+/// A launch the executor has agreed to: everything starting the shim
+/// needs, so that [`Prepared::start`] runs without the executor (and
+/// without the lock a caller keeps it under).
+#[derive(Debug)]
+pub struct Prepared {
+    spec: LaunchSpec,
+    dir: PathBuf,
+    program: PathBuf,
+    /// The task user's uid and gid, who owns `work/`.
+    owner: Option<(u32, u32)>,
+    plan: ShimPlan,
+}
+
+/// What [`Prepared::start`] did, for [`Executor::finish`].
+#[derive(Debug)]
+pub struct Started {
+    prepared: Prepared,
+    outcome: Outcome,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Spawned {
+        child: Pid,
+        id: ShimIdentity,
+    },
+    /// The directory was there already: an earlier agent process claimed
+    /// the alloc, and what it left there is the record.
+    Claimed,
+    /// Failed before the alloc's directory was claimed: nothing to record.
+    Unclaimed(ExecError),
+    /// Failed after claiming it: the alloc is recorded as failed.
+    Failed(ExecError),
+}
+
+impl Started {
+    /// The alloc this launch is for.
+    pub fn alloc(&self) -> &AllocId {
+        &self.prepared.spec.alloc
+    }
+}
+
+impl Prepared {
+    /// The alloc this launch is for.
+    pub fn alloc(&self) -> &AllocId {
+        &self.spec.alloc
+    }
+
+    /// Claims the alloc's directory and starts its shim (a `posix_spawn`
+    /// of the small shim binary) with the launch plan on a pipe.
+    pub fn start(self) -> Started {
+        let dir = &self.dir;
+        if let Some(parent) = dir.parent() {
+            if let Err(e) = fs::create_dir_all(parent) {
+                let err = io_err("cannot create", parent)(e);
+                return self.ended(Outcome::Unclaimed(err));
+            }
+        }
+        // Creating the directory claims the alloc: it is never run twice.
+        let outcome = match fs::create_dir(dir) {
+            Ok(()) => match check_program(&self.spec).and_then(|()| self.spawn()) {
+                Ok((child, id)) => Outcome::Spawned { child, id },
+                Err(err) => Outcome::Failed(err),
+            },
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Outcome::Claimed,
+            Err(e) => Outcome::Unclaimed(io_err("cannot create", dir)(e)),
+        };
+        self.ended(outcome)
+    }
+
+    fn ended(self, outcome: Outcome) -> Started {
+        Started {
+            prepared: self,
+            outcome,
+        }
+    }
+
+    fn spawn(&self) -> Result<(Pid, ShimIdentity), ExecError> {
+        let dir = &self.dir;
+        let work = dir.join(WORK_DIR);
+        fs::create_dir(&work).map_err(io_err("cannot create", &work))?;
+        if let Some((uid, gid)) = self.owner {
+            nix::unistd::chown(
+                &work,
+                Some(Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io_err("cannot chown", &work)(e.into()))?;
+        }
+        let plan =
+            serde_json::to_vec(&self.plan).map_err(|e| io_err("cannot encode", dir)(e.into()))?;
+        let (child, plan_pipe) =
+            spawn_shim(&self.program, dir).map_err(|errno| ExecError::Spawn {
+                alloc: self.spec.alloc.clone(),
+                program: self.program.clone(),
+                source: io::Error::from(errno),
+            })?;
+        let pid = child.as_raw();
+        // Until reaped (by `poll`, once `finish` has booked it) the shim is
+        // at worst a zombie, so its stat is readable here.
+        let start_time = proc_stat(pid).map(|s| s.start_time).unwrap_or(0);
+        // A shim that died before reading it has recorded nothing; poll
+        // finds it dead and reports the alloc failed.
+        if let Err(e) = (&plan_pipe).write_all(&plan) {
+            tracing::warn!(alloc = %self.spec.alloc, error = %e, "the shim did not take its launch plan");
+        }
+        Ok((child, ShimIdentity { pid, start_time }))
+    }
+}
+
+/// Starts a batch of prepared launches on up to as many threads as the
+/// machine has cores, and returns them in the order given. A launch is
+/// mostly system calls (directories, `posix_spawn`), which do not wait
+/// for one another.
+pub fn start_all(batch: Vec<Prepared>) -> Vec<Started> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_LAUNCH_THREADS);
+    // A thread costs about what a launch does: not worth it for a few.
+    if threads < 2 || batch.len() < 2 * threads {
+        return batch.into_iter().map(Prepared::start).collect();
+    }
+    let per = batch.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<Prepared>> = Vec::with_capacity(threads);
+    let mut rest = batch.into_iter();
+    loop {
+        let chunk: Vec<Prepared> = rest.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || chunk.into_iter().map(Prepared::start).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// At most this many threads start shims at once.
+const MAX_LAUNCH_THREADS: usize = 8;
 
 /// Starts `program __shim <dir>` with posix_spawn (vfork semantics): a fork
 /// would copy the page tables of the whole agent (in `drover dev`, master

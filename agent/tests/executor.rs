@@ -4,14 +4,16 @@
 //!
 //! Waiting is always "poll a condition, at most 10 s", never a bare sleep.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drover_agent::executor::{ExecConfig, ExecError, Executor, Exited, LaunchSpec, Limits};
+use drover_agent::executor::{
+    start_all, ExecConfig, ExecError, Executor, Exited, LaunchSpec, Limits, Prepare,
+};
 use drover_agent::local_state::{proc_stat, STATE_FILE};
 use drover_agent::shim::{self, SHIM_ARG};
 use drover_api::AllocId;
@@ -382,6 +384,69 @@ fn a_duplicate_launch_starts_one_process() {
         fs::read_to_string(first.dir.join("work/runs")).expect("runs"),
         "run\n"
     );
+}
+
+#[test]
+fn a_batch_started_outside_the_executor_runs_each_alloc_once_in_order() {
+    let fx = Fixture::new("batch");
+    let mut exec = fx.open();
+    let n = 24;
+    let script = "echo run >> runs";
+    let mut prepared = Vec::new();
+    for i in 0..n {
+        match exec.prepare(fx.spec(i, script)).expect("prepare") {
+            Prepare::Start(p) => prepared.push(*p),
+            Prepare::Known(l) => panic!("{} known before it started: {l:?}", l.alloc),
+        }
+    }
+    let mut missing = fx.spec(n, "");
+    missing.command = vec!["/nonexistent/drover-test-program".into()];
+    match exec.prepare(missing).expect("prepare") {
+        Prepare::Start(p) => prepared.push(*p),
+        Prepare::Known(l) => panic!("known before it started: {l:?}"),
+    }
+    // While it is being started, a second poll's answer starts nothing.
+    match exec.prepare(fx.spec(0, script)).expect("prepare again") {
+        Prepare::Known(l) => assert!(!l.started && !l.exited, "{l:?}"),
+        Prepare::Start(_) => panic!("prepared twice"),
+    }
+    let started = start_all(prepared);
+    let order: Vec<AllocId> = started.iter().map(|s| s.alloc().clone()).collect();
+    assert_eq!(order, (0..=n).map(|i| fx.alloc(i)).collect::<Vec<_>>());
+    for s in started {
+        let alloc = s.alloc().clone();
+        match exec.finish(s) {
+            Ok(launch) => assert!(launch.started && alloc != fx.alloc(n), "{launch:?}"),
+            Err(e) => {
+                assert_eq!(alloc, fx.alloc(n));
+                assert!(e.to_string().contains("No such file"), "{e}");
+            }
+        }
+    }
+    exec.flush().expect("flush");
+    let mut exited = BTreeMap::new();
+    wait_for("every task to exit", || {
+        for e in exec.poll() {
+            let alloc = e.alloc.clone();
+            assert!(exited.insert(alloc, e).is_none(), "an exit reported twice");
+        }
+        (exited.len() == n as usize + 1).then_some(())
+    });
+    for i in 0..n {
+        assert!(
+            exited[&fx.alloc(i)].succeeded(),
+            "{:?}",
+            exited[&fx.alloc(i)]
+        );
+        let runs = fs::read_to_string(fx.work(&exec, i).join("runs")).expect("runs");
+        assert_eq!(runs, "run\n", "alloc {i}");
+    }
+    assert!(!exited[&fx.alloc(n)].succeeded());
+    // Booked: known from now on, never started again.
+    let again = exec.launch(fx.spec(0, script)).expect("known");
+    assert!(!again.started && again.exited);
+    let running: BTreeSet<AllocId> = exec.running().into_iter().map(|(a, _)| a).collect();
+    assert!(running.is_empty(), "{running:?}");
 }
 
 #[test]
