@@ -2,6 +2,7 @@
 //! scheduler loop, liveness, and node assignment notifications.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant as StdInstant};
@@ -304,48 +305,71 @@ impl Master {
         // Preemptors waiting for their victims: decided before the policies.
         let mut nominated: Vec<(PolicyKind, TaskRequest, NodeId)> = Vec::new();
         let mut pending_since: BTreeMap<TaskId, u64> = BTreeMap::new();
-        // Per job: tasks examined, and how many at most (see Capacity).
-        let capacity = Capacity::of(&cluster);
+        // Per job: tasks examined, and how many at most (see Capacity). A
+        // policy that never preempts is bound by the free room; one that
+        // may preempt (or shrink elastic jobs) by all of it.
+        let total = Capacity::of(&cluster);
+        let free = Capacity::free(&cluster);
         let mut examined: BTreeMap<JobId, (usize, usize)> = BTreeMap::new();
         let mut capped: BTreeSet<JobId> = BTreeSet::new();
-        for tid in &cluster.pending {
-            // The queue is in task id order: a capped job's other waiting
-            // tasks follow its last examined one, and cost a comparison.
-            if capped.last() == Some(&tid.job) && !cluster.nominated.contains(tid) {
-                continue;
-            }
+        let mut consider = |tid: &TaskId| -> Examine {
             let (Some(task), Some(job)) = (cluster.tasks.get(tid), cluster.jobs.get(&tid.job))
             else {
-                continue;
+                return Examine::Next;
             };
             if job.stopped || task.not_before_ms > now_ms {
-                continue;
+                return Examine::Next;
             }
             let spec = &job.spec;
+            let kind = spec.effective_policy(default);
             let demand = demands
                 .entry(job.id.clone())
                 .or_insert_with(|| Arc::new(demand_of(spec)));
             // Elastic jobs are not capped: gang admission looks at how
             // many shards of the job are queued.
             if task.nominated.is_none() && spec.elastic.is_none() {
-                let (seen, most) = examined
-                    .entry(job.id.clone())
-                    .or_insert_with(|| (0, capacity.examine_at_most(demand)));
+                let (seen, most) = examined.entry(job.id.clone()).or_insert_with(|| {
+                    let bound = match kind {
+                        PolicyKind::RoundRobin | PolicyKind::LeastLoaded => &free,
+                        PolicyKind::Priority | PolicyKind::ElasticSharding => &total,
+                    };
+                    (0, bound.examine_at_most(demand))
+                });
                 if *seen >= *most {
                     capped.insert(job.id.clone());
-                    continue;
+                    return Examine::SkipJob;
                 }
                 *seen += 1;
             }
             let since = task.history.last().map_or(now_ms, |t| t.at_unix_ms);
             pending_since.insert(tid.clone(), since.max(task.not_before_ms));
-            let kind = spec.effective_policy(default);
             let request = task_request(spec, tid.index, job.submit_seq, demand);
             match &task.nominated {
                 Some(n) => nominated.push((kind, request, n.node.clone())),
                 None => groups.entry(kind).or_default().push(request),
             }
+            Examine::Next
+        };
+        // The queue is in task id order, so a capped job's other waiting
+        // tasks are skipped with one range lookup: a pass costs what it
+        // may place, plus one task per waiting job, not what waits.
+        let mut next = cluster.pending.first();
+        while let Some(tid) = next {
+            match consider(tid) {
+                Examine::Next => {
+                    next = cluster.pending.range((Excluded(tid), Unbounded)).next();
+                }
+                Examine::SkipJob => {
+                    let last = tid.job.task(u32::MAX);
+                    // Preemptors holding a reservation are never capped.
+                    for held in cluster.nominated.range((Excluded(tid), Included(&last))) {
+                        consider(held);
+                    }
+                    next = cluster.pending.range((Excluded(&last), Unbounded)).next();
+                }
+            }
         }
+        let examined_tasks = pending_since.len() as u64;
         // Counted while staging, published only once the commit succeeds.
         let mut placed_by: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut latencies = Vec::new();
@@ -441,6 +465,7 @@ impl Master {
             self.metrics.scheduling_latency.observe(l);
         }
         self.metrics.preemptions.inc_by(preempted);
+        self.metrics.examined.inc_by(examined_tasks);
         self.metrics
             .reschedules
             .with_label_values(&["preempted"])
@@ -1014,4 +1039,11 @@ impl Master {
         tracing::info!("cluster reloaded from the store");
         Ok(())
     }
+}
+
+/// What the pass does after examining one waiting task.
+enum Examine {
+    Next,
+    /// The job has as many tasks examined as could be placed: skip the rest.
+    SkipJob,
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub scheduling_latency: Histogram,
     pub pass_duration: Histogram,
+    pub examined: IntCounter,
     pub placements: IntCounterVec,
     pub preemptions: IntCounter,
     pub reschedules: IntCounterVec,
@@ -99,6 +100,12 @@ impl Metrics {
         )
         .expect("static");
         r.register(Box::new(node_failures.clone())).expect("once");
+        let examined = IntCounter::new(
+            "drover_schedule_examined_tasks_total",
+            "Waiting tasks the scheduling passes handed to a policy (a pass examines what it may place, plus one per waiting job)",
+        )
+        .expect("static");
+        r.register(Box::new(examined.clone())).expect("once");
         let http_requests = CounterVec::new(
             Opts::new(
                 "drover_http_requests_total",
@@ -138,6 +145,7 @@ impl Metrics {
                 "Duration of one scheduling pass, in seconds",
                 latency_buckets(),
             ),
+            examined,
             placements: counter_vec(&r, "drover_placements_total", "Tasks placed, by policy", &["policy"]),
             preemptions,
             reschedules: counter_vec(

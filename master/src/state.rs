@@ -29,6 +29,9 @@ pub struct Cluster {
     pub counts: BTreeMap<JobId, TaskCounts>,
     pub pending: BTreeSet<TaskId>,
     pub live_allocs_by_node: BTreeMap<NodeId, BTreeSet<AllocId>>,
+    /// What the live allocs of each node hold, summed: the pass bounds its
+    /// work by the free room without walking every alloc.
+    pub held_by_node: BTreeMap<NodeId, Held>,
     /// Pending tasks that hold a nomination (room reserved on a node while
     /// the allocs they preempted stop).
     pub nominated: BTreeSet<TaskId>,
@@ -39,6 +42,29 @@ pub struct Cluster {
     /// waits, which stands for the others.
     pub job_wait_reasons: BTreeMap<JobId, String>,
     pub next_seq: u64,
+}
+
+/// Resources held on one node by its live allocs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u64,
+}
+
+impl Held {
+    fn add(&mut self, a: &AllocRecord, plus: bool) {
+        let gpus = a.gpus.len() as u64;
+        if plus {
+            self.cpu_millis += a.cpu_millis;
+            self.memory_bytes += a.memory_bytes;
+            self.gpus += gpus;
+        } else {
+            self.cpu_millis = self.cpu_millis.saturating_sub(a.cpu_millis);
+            self.memory_bytes = self.memory_bytes.saturating_sub(a.memory_bytes);
+            self.gpus = self.gpus.saturating_sub(gpus);
+        }
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -113,14 +139,25 @@ impl Cluster {
     fn index_alloc(&mut self, old: Option<&AllocRecord>, new: Option<&AllocRecord>) {
         if let Some(a) = old {
             if let Some(set) = self.live_allocs_by_node.get_mut(&a.node) {
-                set.remove(&a.id);
+                if set.remove(&a.id) {
+                    if let Some(h) = self.held_by_node.get_mut(&a.node) {
+                        h.add(a, false);
+                    }
+                }
             }
         }
         if let Some(a) = new.filter(|a| a.is_live()) {
-            self.live_allocs_by_node
+            let fresh = self
+                .live_allocs_by_node
                 .entry(a.node.clone())
                 .or_default()
                 .insert(a.id.clone());
+            if fresh {
+                self.held_by_node
+                    .entry(a.node.clone())
+                    .or_default()
+                    .add(a, true);
+            }
         }
     }
 

@@ -131,18 +131,37 @@ impl Capacity {
     /// Allocatable capacity summed over the nodes that are neither down
     /// nor draining.
     pub fn of(cluster: &Cluster) -> Capacity {
+        Capacity::sum(cluster, false)
+    }
+
+    /// What of [`Capacity::of`] no live alloc holds (stopping ones hold
+    /// theirs too). Only a policy that never preempts is bound by it.
+    pub fn free(cluster: &Cluster) -> Capacity {
+        Capacity::sum(cluster, true)
+    }
+
+    fn sum(cluster: &Cluster, less_held: bool) -> Capacity {
         let mut c = Capacity::default();
         for n in cluster
             .nodes
             .values()
             .filter(|n| !n.down && n.drain.is_none())
         {
-            c.cpu_millis += n.resources.cpu_millis.saturating_sub(n.reserved.cpu_millis);
+            let held = less_held
+                .then(|| cluster.held_by_node.get(&n.id).copied())
+                .flatten()
+                .unwrap_or_default();
+            c.cpu_millis += n
+                .resources
+                .cpu_millis
+                .saturating_sub(n.reserved.cpu_millis)
+                .saturating_sub(held.cpu_millis);
             c.memory_bytes += n
                 .resources
                 .memory_bytes
-                .saturating_sub(n.reserved.memory_bytes);
-            c.gpus += n.resources.gpus.len() as u64;
+                .saturating_sub(n.reserved.memory_bytes)
+                .saturating_sub(held.memory_bytes);
+            c.gpus += (n.resources.gpus.len() as u64).saturating_sub(held.gpus);
         }
         c
     }

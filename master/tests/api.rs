@@ -710,6 +710,41 @@ async fn a_pass_examines_what_fits_of_a_big_job_and_its_other_tasks_share_the_re
     }
 }
 
+/// `drover_schedule_examined_tasks_total` as the master reports it.
+async fn examined(h: &Harness) -> u64 {
+    let text = h.get("/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("drover_schedule_examined_tasks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no examined counter in:\n{text}"))
+}
+
+#[tokio::test]
+async fn a_pass_on_a_full_cluster_examines_one_task_per_waiting_job_until_room_frees() {
+    let h = Harness::new().await;
+    h.add_node("n1").await;
+    // 8 x 500m fill the 4-CPU node.
+    h.create(&spec("full", 8)).await;
+    assert_eq!(h.schedule().await, 8);
+    let before = examined(&h).await;
+    assert_eq!(before, 8);
+    h.create(&spec("later", 1000)).await;
+    assert_eq!(h.schedule().await, 0);
+    // No free room: one task, whose reason stands for the other 999.
+    assert_eq!(examined(&h).await - before, 1);
+    let t = h.get("/v1/tasks/later/700").await.expect(200);
+    let waiting = t["waiting"].as_str().unwrap_or_default();
+    assert!(waiting.contains("insufficient cpu"), "{t}");
+    // One task's room frees: the next pass looks at what fits, plus one.
+    h.report_one("n1", "full/0/1", AllocState::Running, None)
+        .await;
+    h.report_one("n1", "full/0/1", AllocState::Succeeded, Some(0))
+        .await;
+    let before = examined(&h).await;
+    assert_eq!(h.schedule().await, 1);
+    assert_eq!(examined(&h).await - before, 2);
+}
+
 #[tokio::test]
 async fn deleting_a_job_stops_it_and_kills_its_live_allocs() {
     let h = Harness::new().await;
