@@ -542,7 +542,16 @@ impl Agent {
                     backoff.reset();
                     self.contact();
                     known = resp.version;
-                    self.reconcile(&resp.allocs);
+                    // Starting a batch of shims blocks (posix_spawn, file
+                    // system calls, a thread per core): not on a runtime
+                    // worker, which the heartbeat and exit loops share.
+                    let this = Arc::clone(&self);
+                    let allocs = resp.allocs;
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || this.reconcile(&allocs)).await
+                    {
+                        tracing::error!(error = %e, "reconciling the node's assignments failed");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "assignment poll failed; retrying");
