@@ -4,10 +4,15 @@
 //! It knows several master addresses and fails over between them: a master
 //! that cannot be reached or answers 5xx is skipped for the next one, while
 //! a 4xx answer is final (the next master would refuse the same request).
-//! Plain HTTP/1.1 over one fresh connection per call: the callers (a CLI
-//! command, an agent's few requests a second) gain nothing from pooling.
+//! Plain HTTP/1.1 over kept-alive connections: a call whose answer has been
+//! read leaves its connection for the next (an agent heartbeats and polls
+//! for its whole life; a fresh TCP connection per call cost the master as
+//! much as the call itself). A pooled connection the master closed is
+//! replaced transparently: a request that was never sent is sent again on a
+//! new one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -149,6 +154,33 @@ pub struct Client {
     current: AtomicUsize,
     token: Option<String>,
     timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// At most this many idle connections are kept (an agent uses two at once:
+/// its long poll and its heartbeat).
+const MAX_IDLE: usize = 4;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A kept-alive connection whose last answer has been read.
+struct Idle {
+    addr: String,
+    sender: Sender,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").field("addr", &self.addr).finish()
+    }
+}
+
+/// An answer's head, and the connection it came on, to be kept once its
+/// body has been read.
+struct Head {
+    addr: String,
+    resp: hyper::Response<Incoming>,
+    sender: Option<Sender>,
 }
 
 struct Request<'a> {
@@ -177,7 +209,28 @@ impl Client {
             current: AtomicUsize::new(0),
             token,
             timeout: DEFAULT_TIMEOUT,
+            idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An idle connection to `addr` that can take a request now.
+    fn take_idle(&self, addr: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|c| !c.sender.is_closed());
+        let i = idle.iter().rposition(|c| c.addr == addr)?;
+        Some(idle.swap_remove(i).sender)
+    }
+
+    /// Keeps a connection whose answer has been read, for the next call.
+    fn keep(&self, addr: String, sender: Option<Sender>) {
+        let Some(sender) = sender.filter(|s| !s.is_closed()) else {
+            return;
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(Idle { addr, sender });
     }
 
     /// Per-call time limit for everything but long polls and followed logs.
@@ -311,7 +364,9 @@ impl Client {
             body: None,
             timeout: self.timeout,
         };
-        let (addr, resp) = self.call_head(&req).await?;
+        // A followed log holds its connection for as long as it is read:
+        // it is not kept for other calls.
+        let Head { addr, resp, .. } = self.call_head(&req).await?;
         let status = resp.status().as_u16();
         if status == 200 {
             return Ok(LogReader {
@@ -347,9 +402,10 @@ impl Client {
             body,
             timeout: self.timeout,
         };
-        let (addr, resp) = self.call_head(&req).await?;
+        let Head { addr, resp, sender } = self.call_head(&req).await?;
         let status = resp.status().as_u16();
         let body = collect(&addr, resp, self.timeout).await?;
+        self.keep(addr, sender);
         Ok(Reply { status, body })
     }
 
@@ -409,7 +465,7 @@ impl Client {
     }
 
     async fn call_json<T: DeserializeOwned>(&self, req: &Request<'_>) -> Result<T, ClientError> {
-        let (addr, resp) = self.call_head(req).await?;
+        let Head { addr, resp, sender } = self.call_head(req).await?;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()
@@ -417,6 +473,7 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         let body = collect(&addr, resp, req.timeout).await?;
+        self.keep(addr.clone(), sender);
         if (200..300).contains(&status) {
             serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
                 addr,
@@ -431,10 +488,7 @@ impl Client {
     /// answered last, until one answers below 500 (or 502: a master's own
     /// answer that an agent it proxies to is unreachable, which another
     /// master would repeat). Returns the answer's head; its body is unread.
-    async fn call_head(
-        &self,
-        req: &Request<'_>,
-    ) -> Result<(String, hyper::Response<Incoming>), ClientError> {
+    async fn call_head(&self, req: &Request<'_>) -> Result<Head, ClientError> {
         let n = self.addrs.len();
         if n == 0 {
             return Err(ClientError::NoAddress);
@@ -446,11 +500,15 @@ impl Client {
             let addr = &self.addrs[i];
             let outcome = tokio::time::timeout(req.timeout, self.send(addr, req)).await;
             match outcome {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, sender))) => {
                     let status = resp.status().as_u16();
                     if status < 500 || status == 502 || k + 1 == n {
                         self.current.store(i, Ordering::Relaxed);
-                        return Ok((addr.clone(), resp));
+                        return Ok(Head {
+                            addr: addr.clone(),
+                            resp,
+                            sender: Some(sender),
+                        });
                     }
                     let body = collect(addr, resp, req.timeout).await.unwrap_or_default();
                     last = Some(api_error(addr, status, None, &body));
@@ -475,11 +533,36 @@ impl Client {
         Err(last.unwrap_or(ClientError::NoAddress))
     }
 
+    /// Sends `req` on an idle connection to `addr` if there is one, else
+    /// on a new one; returns the answer's head and the connection.
     async fn send(
         &self,
         addr: &str,
         req: &Request<'_>,
-    ) -> Result<hyper::Response<Incoming>, String> {
+    ) -> Result<(hyper::Response<Incoming>, Sender), String> {
+        let mut request = self.build(addr, req)?;
+        // A kept connection the master has closed meanwhile gives the
+        // request back unsent: it goes on the next one, then a new one. One
+        // that it closed while the request was on its way (the race every
+        // keep-alive client has) is answered by nobody: the request goes
+        // on a new connection, which only a master that closes connections
+        // mid-request (a crash) could make a repeat; the agent protocol and
+        // the REST API's writes are idempotent.
+        while let Some(mut sender) = self.take_idle(addr) {
+            // Its last answer was read to the end: it is ready at once, or
+            // closed.
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(resp) => return Ok((resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None if closed_early(e.error()) => request = self.build(addr, req)?,
+                    None => return Err(self.send_error(e.into_error(), req)),
+                },
+            }
+        }
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -490,6 +573,14 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.send_error(e, req))?;
+        Ok((resp, sender))
+    }
+
+    fn build(&self, addr: &str, req: &Request<'_>) -> Result<hyper::Request<Full<Bytes>>, String> {
         let mut builder = hyper::Request::builder()
             .method(req.method.clone())
             .uri(req.path)
@@ -504,24 +595,30 @@ impl Client {
             }
             None => Bytes::new(),
         };
-        let len = body.len();
-        let request = builder
+        builder
             .body(Full::new(body))
-            .map_err(|e| format!("bad request: {e}"))?;
-        sender.send_request(request).await.map_err(|e| {
-            // A master refuses a body over its limit from the
-            // Content-Length alone and closes the connection, which the
-            // client may see as a failed write rather than the 413.
-            if len > LARGE_BODY {
-                format!(
-                    "{e} (the master may have refused this {len}-byte body as too large: \
-                     see api.max_body in its config)"
-                )
-            } else {
-                e.to_string()
-            }
-        })
+            .map_err(|e| format!("bad request: {e}"))
     }
+
+    fn send_error(&self, e: hyper::Error, req: &Request<'_>) -> String {
+        let len = req.body.as_ref().map_or(0, |(_, b)| b.len());
+        // A master refuses a body over its limit from the Content-Length
+        // alone and closes the connection, which the client may see as a
+        // failed write rather than the 413.
+        if len > LARGE_BODY {
+            format!(
+                "{e} (the master may have refused this {len}-byte body as too large: \
+                 see api.max_body in its config)"
+            )
+        } else {
+            e.to_string()
+        }
+    }
+}
+
+/// The connection ended before any answer began: the kept-alive race.
+fn closed_early(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || e.is_canceled() || e.is_closed()
 }
 
 fn spec_body(spec: &str, format: SpecFormat) -> (&'static str, Bytes) {
