@@ -27,7 +27,7 @@ use crate::lifecycle::{self, Submitted};
 use crate::logs::{self, LogError, LogQuery};
 use crate::model::{AllocRecord, JobRecord, NodeRecord, NodeState, TaskCounts, TaskRecord};
 use crate::role::{Front, Role as ServingRole};
-use crate::state::{Cluster, Txn};
+use crate::state::{Cluster, Held, Txn};
 use crate::view::{build_view, demand_of, task_request};
 
 /// An error answer.
@@ -219,6 +219,16 @@ struct Amounts {
     gpus: u64,
 }
 
+impl From<Held> for Amounts {
+    fn from(h: Held) -> Amounts {
+        Amounts {
+            cpu_millis: h.cpu_millis,
+            memory_bytes: h.memory_bytes,
+            gpus: h.gpus,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct NodeView<'a> {
     #[serde(flatten)]
@@ -232,14 +242,13 @@ struct NodeView<'a> {
 }
 
 fn node_view<'a>(c: &'a Cluster, n: &'a NodeRecord) -> NodeView<'a> {
-    let mut allocated = Amounts::default();
-    let mut allocs = Vec::new();
-    for a in c.live_allocs_on(&n.id) {
-        allocated.cpu_millis += a.cpu_millis;
-        allocated.memory_bytes += a.memory_bytes;
-        allocated.gpus += a.gpus.len() as u64;
-        allocs.push(&a.id);
-    }
+    let allocated = c
+        .held_by_node
+        .get(&n.id)
+        .copied()
+        .unwrap_or_default()
+        .into();
+    let allocs = c.live_allocs_on(&n.id).map(|a| &a.id).collect();
     let live = c.live.get(&n.id);
     NodeView {
         record: n,
@@ -627,10 +636,10 @@ fn summarize(master: &Master, c: &Cluster, leader: &str) -> ClusterSummary {
                 .saturating_sub(n.reserved.memory_bytes);
             s.capacity.gpus += n.resources.gpus.len() as u64;
         }
-        for a in c.live_allocs_on(&n.id) {
-            s.allocated.cpu_millis += a.cpu_millis;
-            s.allocated.memory_bytes += a.memory_bytes;
-            s.allocated.gpus += a.gpus.len() as u64;
+        if let Some(h) = c.held_by_node.get(&n.id) {
+            s.allocated.cpu_millis += h.cpu_millis;
+            s.allocated.memory_bytes += h.memory_bytes;
+            s.allocated.gpus += h.gpus;
         }
     }
     for j in c.jobs.values() {

@@ -53,17 +53,16 @@ pub struct Held {
 }
 
 impl Held {
-    fn add(&mut self, a: &AllocRecord, plus: bool) {
-        let gpus = a.gpus.len() as u64;
-        if plus {
-            self.cpu_millis += a.cpu_millis;
-            self.memory_bytes += a.memory_bytes;
-            self.gpus += gpus;
-        } else {
-            self.cpu_millis = self.cpu_millis.saturating_sub(a.cpu_millis);
-            self.memory_bytes = self.memory_bytes.saturating_sub(a.memory_bytes);
-            self.gpus = self.gpus.saturating_sub(gpus);
-        }
+    fn hold(&mut self, a: &AllocRecord) {
+        self.cpu_millis += a.cpu_millis;
+        self.memory_bytes += a.memory_bytes;
+        self.gpus += a.gpus.len() as u64;
+    }
+
+    fn release(&mut self, a: &AllocRecord) {
+        self.cpu_millis = self.cpu_millis.saturating_sub(a.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_sub(a.memory_bytes);
+        self.gpus = self.gpus.saturating_sub(a.gpus.len() as u64);
     }
 }
 
@@ -141,7 +140,7 @@ impl Cluster {
             if let Some(set) = self.live_allocs_by_node.get_mut(&a.node) {
                 if set.remove(&a.id) {
                     if let Some(h) = self.held_by_node.get_mut(&a.node) {
-                        h.add(a, false);
+                        h.release(a);
                     }
                 }
             }
@@ -153,10 +152,7 @@ impl Cluster {
                 .or_default()
                 .insert(a.id.clone());
             if fresh {
-                self.held_by_node
-                    .entry(a.node.clone())
-                    .or_default()
-                    .add(a, true);
+                self.held_by_node.entry(a.node.clone()).or_default().hold(a);
             }
         }
     }

@@ -710,13 +710,19 @@ async fn a_pass_examines_what_fits_of_a_big_job_and_its_other_tasks_share_the_re
     }
 }
 
+/// The value of one series (name and labels, as printed) in a `/metrics` text.
+fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `drover_schedule_examined_tasks_total` as the master reports it.
 async fn examined(h: &Harness) -> u64 {
     let text = h.get("/metrics").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("drover_schedule_examined_tasks_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no examined counter in:\n{text}"))
+    let n = metric_value(&text, "drover_schedule_examined_tasks_total")
+        .unwrap_or_else(|| panic!("no examined counter in:\n{text}"));
+    n as u64
 }
 
 #[tokio::test]
@@ -2283,11 +2289,11 @@ async fn a_real_server_takes_1000_concurrent_submissions_in_fewer_commits_and_pe
         let (_, metrics) = http_request(addr, "GET", "/metrics", "text/plain", b"")
             .await
             .expect("metrics");
-        let commits: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("drover_store_op_duration_seconds_count{op=\"commit\"} "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("the commit count");
+        let commits = metric_value(
+            &metrics,
+            "drover_store_op_duration_seconds_count{op=\"commit\"}",
+        )
+        .expect("the commit count");
         assert!(
             commits < JOBS as f64,
             "{commits} commits for {JOBS} submissions"
