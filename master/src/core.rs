@@ -104,7 +104,7 @@ pub struct Master {
 #[derive(Debug)]
 struct Staged {
     seq: u64,
-    batch: Batch,
+    changes: Changes,
     touched: BTreeSet<NodeId>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
@@ -225,13 +225,12 @@ impl Master {
             )));
             return Durable(Some(rx));
         }
-        let batch = changes.batch();
         let touched = changes.touched_nodes(cluster);
-        cluster.apply(changes);
+        cluster.apply(&changes);
         let seq = self.staged_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let staged = Staged {
             seq,
-            batch,
+            changes,
             touched,
             done,
         };
@@ -722,7 +721,7 @@ impl Master {
             txn.into_changes()
         };
         let durable = self.stage(&mut cluster, changes);
-        let rec = cluster.nodes.get(node).cloned();
+        let rec = cluster.nodes.get(node).map(|n| NodeRecord::clone(n));
         drop(cluster);
         durable.wait().await?;
         self.metrics
@@ -952,7 +951,9 @@ async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<
         let mut last = 0;
         for staged in group {
             last = staged.seq;
-            batch.append(staged.batch);
+            // Serialized here, not under the cluster lock: the records
+            // are shared with the cluster, and no longer change.
+            batch.append(staged.changes.batch());
             touched.extend(staged.touched);
             waiting.push(staged.done);
         }

@@ -206,7 +206,7 @@ fn task_view<'a>(c: &'a Cluster, t: &'a TaskRecord) -> TaskView<'a> {
         job_version: t.job_version,
         restarts: t.restarts,
         attempts: (1..=t.attempts)
-            .filter_map(|a| c.allocs.get(&t.id.alloc(a)))
+            .filter_map(|a| c.allocs.get(&t.id.alloc(a)).map(|a| &**a))
             .collect(),
         history: &t.history,
     }
@@ -545,7 +545,7 @@ async fn get_alloc(master: Arc<Master>, job: String, index: String, attempt: Str
         .allocs
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("alloc {id}")))?;
-    ok(alloc)
+    ok(&**alloc)
 }
 
 async fn list_nodes(master: Arc<Master>) -> Answer {

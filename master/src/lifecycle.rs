@@ -545,7 +545,7 @@ mod tests {
             let r = f(&mut txn);
             (r, txn.into_changes())
         };
-        c.apply(changes);
+        c.apply(&changes);
         r
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use drover_api::{AllocId, JobId, JobState, NodeId, TaskId, TaskState};
 
@@ -19,10 +20,12 @@ use crate::store::{Batch, Snapshot, StoreError};
 
 #[derive(Debug, Default)]
 pub struct Cluster {
-    pub jobs: BTreeMap<JobId, JobRecord>,
-    pub tasks: BTreeMap<TaskId, TaskRecord>,
-    pub allocs: BTreeMap<AllocId, AllocRecord>,
-    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Records are shared with the changes that wrote them, so that the
+    /// committer serializes them for the store after the lock is released.
+    pub jobs: BTreeMap<JobId, Arc<JobRecord>>,
+    pub tasks: BTreeMap<TaskId, Arc<TaskRecord>>,
+    pub allocs: BTreeMap<AllocId, Arc<AllocRecord>>,
+    pub nodes: BTreeMap<NodeId, Arc<NodeRecord>>,
     /// Heartbeat-derived node data; not persisted.
     pub live: BTreeMap<NodeId, NodeLive>,
     /// Derived indexes, rebuilt on load and kept by `apply`.
@@ -88,22 +91,22 @@ impl Cluster {
                 "jobs" => {
                     let j: JobRecord = decode(key, value)?;
                     c.next_seq = c.next_seq.max(j.submit_seq + 1);
-                    c.jobs.insert(j.id.clone(), j);
+                    c.jobs.insert(j.id.clone(), Arc::new(j));
                 }
                 "tasks" => {
                     let t: TaskRecord = decode(key, value)?;
                     c.index_task(None, Some(&t));
-                    c.tasks.insert(t.id.clone(), t);
+                    c.tasks.insert(t.id.clone(), Arc::new(t));
                 }
                 "allocs" => {
                     let a: AllocRecord = decode(key, value)?;
                     c.index_alloc(None, Some(&a));
-                    c.allocs.insert(a.id.clone(), a);
+                    c.allocs.insert(a.id.clone(), Arc::new(a));
                 }
                 "nodes" => {
                     let n: NodeRecord = decode(key, value)?;
                     c.live.insert(n.id.clone(), NodeLive::default());
-                    c.nodes.insert(n.id.clone(), n);
+                    c.nodes.insert(n.id.clone(), Arc::new(n));
                 }
                 _ => {}
             }
@@ -157,45 +160,48 @@ impl Cluster {
         }
     }
 
-    /// Applies changes the store has acknowledged.
-    pub fn apply(&mut self, changes: Changes) {
-        for (id, rec) in changes.jobs {
+    /// Applies staged changes (the committer stores the same records, now
+    /// shared, once the lock is released).
+    pub fn apply(&mut self, changes: &Changes) {
+        for (id, rec) in &changes.jobs {
             match rec {
                 Some(j) => {
-                    self.jobs.insert(id, j);
+                    self.jobs.insert(id.clone(), Arc::clone(j));
                 }
                 None => {
-                    self.jobs.remove(&id);
-                    self.counts.remove(&id);
+                    self.jobs.remove(id);
+                    self.counts.remove(id);
                 }
             }
         }
-        for (id, rec) in changes.tasks {
-            let old = self.tasks.remove(&id);
-            self.index_task(old.as_ref(), rec.as_ref());
-            if rec.is_none() {
-                self.wait_reasons.remove(&id);
-            }
-            if let Some(t) = rec {
-                self.tasks.insert(id, t);
+        for (id, rec) in &changes.tasks {
+            let old = self.tasks.remove(id);
+            self.index_task(old.as_deref(), rec.as_deref());
+            match rec {
+                Some(t) => {
+                    self.tasks.insert(id.clone(), Arc::clone(t));
+                }
+                None => {
+                    self.wait_reasons.remove(id);
+                }
             }
         }
-        for (id, rec) in changes.allocs {
-            let old = self.allocs.remove(&id);
-            self.index_alloc(old.as_ref(), rec.as_ref());
+        for (id, rec) in &changes.allocs {
+            let old = self.allocs.remove(id);
+            self.index_alloc(old.as_deref(), rec.as_deref());
             if let Some(a) = rec {
-                self.allocs.insert(id, a);
+                self.allocs.insert(id.clone(), Arc::clone(a));
             }
         }
-        for (id, rec) in changes.nodes {
+        for (id, rec) in &changes.nodes {
             match rec {
                 Some(n) => {
                     self.live.entry(id.clone()).or_default();
-                    self.nodes.insert(id, n);
+                    self.nodes.insert(id.clone(), Arc::clone(n));
                 }
                 None => {
-                    self.nodes.remove(&id);
-                    self.live.remove(&id);
+                    self.nodes.remove(id);
+                    self.live.remove(id);
                 }
             }
         }
@@ -211,7 +217,7 @@ impl Cluster {
     }
 
     pub fn tasks_of<'a>(&'a self, job: &JobId) -> impl Iterator<Item = &'a TaskRecord> + 'a {
-        self.tasks.range(job_task_range(job)).map(|(_, t)| t)
+        self.tasks.range(job_task_range(job)).map(|(_, t)| &**t)
     }
 
     pub fn node_state(&self, node: &NodeRecord) -> NodeState {
@@ -232,17 +238,17 @@ impl Cluster {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.allocs.get(id))
+            .filter_map(|id| self.allocs.get(id).map(|a| &**a))
     }
 }
 
 /// Staged writes: `Some` puts, `None` deletes.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub jobs: BTreeMap<JobId, Option<JobRecord>>,
-    pub tasks: BTreeMap<TaskId, Option<TaskRecord>>,
-    pub allocs: BTreeMap<AllocId, Option<AllocRecord>>,
-    pub nodes: BTreeMap<NodeId, Option<NodeRecord>>,
+    pub jobs: BTreeMap<JobId, Option<Arc<JobRecord>>>,
+    pub tasks: BTreeMap<TaskId, Option<Arc<TaskRecord>>>,
+    pub allocs: BTreeMap<AllocId, Option<Arc<AllocRecord>>>,
+    pub nodes: BTreeMap<NodeId, Option<Arc<NodeRecord>>>,
     pub next_seq: u64,
 }
 
@@ -259,13 +265,13 @@ impl Changes {
         fn stage<K: std::fmt::Display, V: serde::Serialize>(
             b: &mut Batch,
             prefix: &str,
-            map: &BTreeMap<K, Option<V>>,
+            map: &BTreeMap<K, Option<Arc<V>>>,
         ) {
             for (id, rec) in map {
                 // The layout of `store::keys`: "<kind>/<id>".
                 let key = format!("{prefix}/{id}");
                 match rec {
-                    Some(v) => b.put_json(key, v),
+                    Some(v) => b.put_json(key, &**v),
                     None => b.delete(key),
                 };
             }
@@ -305,22 +311,31 @@ macro_rules! overlay {
     ($get:ident, $get_mut:ident, $put:ident, $delete:ident, $field:ident, $id:ty, $rec:ty) => {
         pub fn $get(&self, id: &$id) -> Option<&$rec> {
             match self.changes.$field.get(id) {
-                Some(staged) => staged.as_ref(),
-                None => self.base.$field.get(id),
+                Some(staged) => staged.as_deref(),
+                None => self.base.$field.get(id).map(|r| &**r),
             }
         }
 
         /// Stages a copy on first write.
         pub fn $get_mut(&mut self, id: &$id) -> Option<&mut $rec> {
             if !self.changes.$field.contains_key(id) {
-                let current = self.base.$field.get(id)?.clone();
-                self.changes.$field.insert(id.clone(), Some(current));
+                let current: $rec = (**self.base.$field.get(id)?).clone();
+                self.changes
+                    .$field
+                    .insert(id.clone(), Some(Arc::new(current)));
             }
-            self.changes.$field.get_mut(id).and_then(Option::as_mut)
+            // Not shared: only this transaction holds what it staged.
+            self.changes
+                .$field
+                .get_mut(id)
+                .and_then(Option::as_mut)
+                .map(Arc::make_mut)
         }
 
         pub fn $put(&mut self, rec: $rec) {
-            self.changes.$field.insert(rec.id.clone(), Some(rec));
+            self.changes
+                .$field
+                .insert(rec.id.clone(), Some(Arc::new(rec)));
         }
 
         pub fn $delete(&mut self, id: &$id) {
@@ -421,12 +436,12 @@ impl<'c> Txn<'c> {
             .base
             .nominated
             .iter()
-            .filter_map(|id| self.base.tasks.get(id).map(|t| (id, t)))
+            .filter_map(|id| self.base.tasks.get(id).map(|t| (id, &**t)))
             .collect();
         for (id, rec) in &self.changes.tasks {
             match rec {
                 Some(t) if t.state == TaskState::Pending && t.nominated.is_some() => {
-                    out.insert(id, t);
+                    out.insert(id, &**t);
                 }
                 _ => {
                     out.remove(id);
@@ -452,12 +467,12 @@ impl<'c> Txn<'c> {
             .live_allocs_by_node
             .values()
             .flatten()
-            .filter_map(|id| self.base.allocs.get(id).map(|a| (id, a)))
+            .filter_map(|id| self.base.allocs.get(id).map(|a| (id, &**a)))
             .collect();
         for (id, rec) in &self.changes.allocs {
             match rec {
                 Some(a) if a.is_live() => {
-                    out.insert(id, a);
+                    out.insert(id, &**a);
                 }
                 _ => {
                     out.remove(id);
