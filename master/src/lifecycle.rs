@@ -34,13 +34,38 @@ pub enum Submitted {
     Updated,
 }
 
+/// The most transitions a task keeps while it lives: the first, and the
+/// latest ones. A service that restarts for months holds as much as one
+/// that just started. (An alloc's history is short by nature: its states
+/// only move forward.)
+pub const HISTORY_MAX: usize = 16;
+
 fn push<S>(history: &mut Vec<Transition<S>>, state: S, reason: impl Into<Reason>, now_ms: u64) {
     history.push(Transition::new(state, reason, now_ms));
+    bound(history);
 }
 
+/// Keeps the first transition and the latest ones, [`HISTORY_MAX`] in all.
+fn bound<S>(history: &mut Vec<Transition<S>>) {
+    if history.len() > HISTORY_MAX {
+        history.drain(1..=history.len() - HISTORY_MAX);
+    }
+}
+
+/// Moves a task. A finished task keeps only its first transition (when it
+/// was submitted) and its last (how it ended): the master holds every
+/// finished task until its job is purged, and its counters (attempts,
+/// restarts) and each attempt's alloc, with its own history, say the rest.
 fn set_task(t: &mut TaskRecord, state: TaskState, reason: impl Into<Reason>, now_ms: u64) {
     t.state = state;
     push(&mut t.history, state, reason, now_ms);
+    if state.is_terminal() {
+        let h = &mut t.history;
+        if h.len() > 2 {
+            h.drain(1..h.len() - 1);
+        }
+        h.shrink_to_fit();
+    }
 }
 
 fn new_task(id: TaskId, job_version: u64, attempts: u32, reason: &str, now_ms: u64) -> TaskRecord {
@@ -110,6 +135,7 @@ pub fn submit(txn: &mut Txn<'_>, spec: JobSpec, now_ms: u64) -> Submitted {
         if let Some(old) = txn.task(&tid) {
             let mut history = old.history.clone();
             history.append(&mut task.history);
+            bound(&mut history);
             task.history = history;
         }
         txn.put_task(task);
@@ -385,7 +411,7 @@ pub fn node_down(txn: &mut Txn<'_>, node: &NodeId, now_ms: u64) {
 /// restarted after a delay, rescheduled at once (its node was lost), or dead
 /// (restart policy exhausted).
 fn attempt_ended(txn: &mut Txn<'_>, task_id: &TaskId, how: AllocState, reason: &str, now_ms: u64) {
-    let Some(job) = txn.job(&task_id.job).cloned() else {
+    let Some(job) = txn.job_shared(&task_id.job) else {
         return;
     };
     let Some(task) = txn.task_mut(task_id) else {
@@ -972,5 +998,30 @@ mod tests {
         for t in &c.allocs[&aid("web/0/1")].history {
             assert!(!t.reason.is_empty() && t.at_unix_ms >= T0, "{t:?}");
         }
+    }
+
+    #[test]
+    fn a_living_history_keeps_its_first_and_latest_transitions_and_a_finished_task_its_ends() {
+        let mut t = new_task(tid("web/0"), 1, 0, "submitted", T0);
+        for i in 1..=40u64 {
+            let state = if i % 2 == 1 {
+                TaskState::Running
+            } else {
+                TaskState::Pending
+            };
+            set_task(&mut t, state, format!("step {i}"), T0 + i);
+            assert!(t.history.len() <= HISTORY_MAX, "{}", t.history.len());
+        }
+        let h = &t.history;
+        assert_eq!(h.len(), HISTORY_MAX);
+        assert_eq!(h[0].reason.as_str(), "submitted");
+        assert_eq!(h[HISTORY_MAX - 1].reason.as_str(), "step 40");
+        // In order, with nothing lost but the oldest.
+        for w in h[1..].windows(2) {
+            assert_eq!(w[0].at_unix_ms + 1, w[1].at_unix_ms);
+        }
+        set_task(&mut t, TaskState::Succeeded, "exited 0", T0 + 41);
+        let kept: Vec<&str> = t.history.iter().map(|t| t.reason.as_str()).collect();
+        assert_eq!(kept, ["submitted", "exited 0"]);
     }
 }

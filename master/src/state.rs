@@ -384,6 +384,14 @@ impl<'c> Txn<'c> {
         NodeRecord
     );
 
+    /// A job, shared: for reading it while changing its tasks.
+    pub fn job_shared(&self, id: &JobId) -> Option<Arc<JobRecord>> {
+        match self.changes.jobs.get(id) {
+            Some(staged) => staged.clone(),
+            None => self.base.jobs.get(id).cloned(),
+        }
+    }
+
     pub fn next_seq(&mut self) -> u64 {
         let seq = self.changes.next_seq;
         self.changes.next_seq += 1;

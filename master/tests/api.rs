@@ -1201,11 +1201,13 @@ async fn one_heartbeat_carrying_running_and_succeeded_applies_them_in_order() {
     h.add_node("n1").await;
     h.create(&spec("render", 1)).await;
     assert_eq!(h.schedule().await, 1);
+    // A failure, so that the task restarts and keeps its whole history (a
+    // finished task keeps only its first and last transitions).
     h.report(
         "n1",
         vec![
             update("render/0/1", AllocState::Running, None),
-            update("render/0/1", AllocState::Succeeded, Some(0)),
+            update("render/0/1", AllocState::Failed, Some(1)),
         ],
     )
     .await
@@ -1213,9 +1215,46 @@ async fn one_heartbeat_carrying_running_and_succeeded_applies_them_in_order() {
     let t = h.get("/v1/tasks/render/0").await.expect(200);
     assert_eq!(
         states_of(&t["history"]),
-        ["pending", "assigned", "running", "succeeded"],
+        ["pending", "assigned", "running", "pending"],
         "{t}"
     );
+}
+
+#[tokio::test]
+async fn a_finished_task_keeps_its_first_and_last_transitions() {
+    let h = Harness::new().await;
+    h.add_node("n1").await;
+    h.create(&spec("render", 1)).await;
+    assert_eq!(h.schedule().await, 1);
+    h.report_one("n1", "render/0/1", AllocState::Running, None)
+        .await;
+    // While it runs, every transition is there.
+    let t = h.get("/v1/tasks/render/0").await.expect(200);
+    assert_eq!(
+        states_of(&t["history"]),
+        ["pending", "assigned", "running"],
+        "{t}"
+    );
+    h.report_one("n1", "render/0/1", AllocState::Succeeded, Some(0))
+        .await;
+    let t = h.get("/v1/tasks/render/0").await.expect(200);
+    assert_eq!(states_of(&t["history"]), ["pending", "succeeded"], "{t}");
+    assert_eq!(t["history"][0]["reason"], "submitted", "{t}");
+    assert_eq!(t["history"][1]["reason"], "exited 0", "{t}");
+    // An attempt's history is short by nature, and says what its task's
+    // no longer does.
+    let a = &t["attempts"][0];
+    assert_eq!(
+        states_of(&a["history"]),
+        ["assigned", "running", "succeeded"],
+        "{a}"
+    );
+    assert_eq!(a["exit_code"], 0, "{a}");
+    // What the store holds is as small: a restarted master shows the same.
+    let t_before = t.clone();
+    let h = h.restart().await;
+    let t = h.get("/v1/tasks/render/0").await.expect(200);
+    assert_eq!(t, t_before);
 }
 
 #[tokio::test]
