@@ -108,12 +108,25 @@ impl FromStr for StoreBackend {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
+    /// Compact the store once this many keys have been deleted since the
+    /// last compaction (purged jobs, their tasks and allocs); 0: never.
+    pub compact_after_deletes: u64,
     /// Used only when `backend` is `etcd`.
     pub etcd: EtcdConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::default(),
+            compact_after_deletes: 10_000,
+            etcd: EtcdConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -797,6 +810,7 @@ data_dir: /srv/drover
 insecure: true
 store:
   backend: etcd
+  compact_after_deletes: 500
   etcd:
     endpoints: [https://etcd-1:2379, https://etcd-2:2379]
     prefix: /prod/drover/
@@ -824,6 +838,7 @@ log: { level: "info,drover_master::store=debug", format: json }
             insecure: true,
             store: StoreConfig {
                 backend: StoreBackend::Etcd,
+                compact_after_deletes: 500,
                 etcd: EtcdConfig {
                     endpoints: vec![
                         "https://etcd-1:2379".to_string(),

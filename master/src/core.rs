@@ -23,7 +23,7 @@ use crate::lifecycle::{self, KillCause};
 use crate::metrics::Metrics;
 use crate::model::{Drain, NodeLive, NodeRecord, Nomination, TaskRecord};
 use crate::state::{Changes, Cluster, Txn};
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, Op, Store, StoreError};
 use crate::view::{build_view, demand_of, task_request, Capacity};
 
 /// Runtime parameters of the master (from its config file and flags).
@@ -43,6 +43,8 @@ pub struct Settings {
     /// Grace between SIGTERM and SIGKILL, told to agents.
     pub kill_timeout: Duration,
     pub max_body_bytes: u64,
+    /// Compact the store after this many deleted keys; 0: never.
+    pub compact_after_deletes: u64,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             poll_timeout: Duration::from_secs(30),
             kill_timeout: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
+            compact_after_deletes: 10_000,
         }
     }
 }
@@ -935,7 +938,56 @@ fn fresh_node_id(cluster: &Cluster, hostname: &str) -> NodeId {
 ///
 /// It holds the master only while a group is in flight: dropping the last
 /// other handle drops the master, and closes its store, at once.
+/// How often the committer reads the store's size while writes go on.
+const SIZE_EVERY: Duration = Duration::from_secs(10);
+
+/// Keeps `drover_store_file_bytes` current, and compacts the store once
+/// enough keys have been deleted. Runs in the committer after a commit and
+/// before its writers are answered: no write is in flight, and the writes
+/// that asked for it (a purge) answer once it is done.
+#[derive(Debug, Default)]
+struct Upkeep {
+    deleted: u64,
+    sized_at: Option<StdInstant>,
+}
+
+impl Upkeep {
+    async fn after_commit(&mut self, m: &Master, deleted: u64) {
+        self.deleted += deleted;
+        let every = m.settings.compact_after_deletes;
+        if every > 0 && self.deleted >= every {
+            let deleted = std::mem::take(&mut self.deleted);
+            let started = StdInstant::now();
+            match m.store.compact().await {
+                Ok(done) => {
+                    m.metrics
+                        .store_op_duration
+                        .with_label_values(&["compact"])
+                        .observe(started.elapsed().as_secs_f64());
+                    if done {
+                        m.metrics.store_compactions.inc();
+                    }
+                    tracing::info!(deleted, compacted = done, elapsed = ?started.elapsed(), "store compaction after deletes");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "store compaction failed; trying again after more deletes")
+                }
+            }
+            self.sized_at = None;
+        }
+        if self.sized_at.is_none_or(|at| at.elapsed() >= SIZE_EVERY) {
+            self.sized_at = Some(StdInstant::now());
+            if let Some(bytes) = m.store.size_bytes().await {
+                m.metrics
+                    .store_bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
 async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<Staged>) {
+    let mut upkeep = Upkeep::default();
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -958,6 +1010,11 @@ async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<
             waiting.push(staged.done);
         }
         let Some(m) = master.upgrade() else { return };
+        let deleted = batch
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, Op::Delete { .. }))
+            .count() as u64;
         let started = StdInstant::now();
         let result = m.store.commit(batch).await;
         m.metrics
@@ -968,6 +1025,9 @@ async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<
             Ok(()) => {
                 m.settled.send_modify(|(seq, _)| *seq = last);
                 m.bump_nodes(touched);
+                // Before the writers hear back: a compaction holds them
+                // (and no handle on the master outlives their answer).
+                upkeep.after_commit(&m, deleted).await;
                 for done in waiting {
                     let _ = done.send(Ok(()));
                 }

@@ -8,7 +8,7 @@
 
 use prometheus::{
     CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub http_requests: CounterVec,
     pub http_duration: HistogramVec,
     pub store_op_duration: HistogramVec,
+    pub store_bytes: IntGauge,
+    pub store_compactions: IntCounter,
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> GaugeVec {
@@ -115,6 +117,19 @@ impl Metrics {
         )
         .expect("static");
         r.register(Box::new(http_requests.clone())).expect("once");
+        let store_bytes = IntGauge::new(
+            "drover_store_file_bytes",
+            "Bytes the store takes on disk (the embedded store's file, or the etcd member's database)",
+        )
+        .expect("static");
+        r.register(Box::new(store_bytes.clone())).expect("once");
+        let store_compactions = IntCounter::new(
+            "drover_store_compactions_total",
+            "Store compactions run (after store.compact_after_deletes deleted keys)",
+        )
+        .expect("static");
+        r.register(Box::new(store_compactions.clone()))
+            .expect("once");
         let m = Metrics {
             nodes: gauge_vec(&r, "drover_nodes", "Nodes by state", "state"),
             jobs: gauge_vec(&r, "drover_jobs", "Jobs by state", "state"),
@@ -166,10 +181,12 @@ impl Metrics {
             store_op_duration: histogram_vec(
                 &r,
                 "drover_store_op_duration_seconds",
-                "Duration of store operations (load, commit), in seconds",
+                "Duration of store operations (load, commit, compact), in seconds",
                 "op",
                 latency_buckets(),
             ),
+            store_bytes,
+            store_compactions,
             registry: r,
         };
         // Every bounded label value exists from the start at 0, so rates and

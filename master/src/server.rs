@@ -27,6 +27,7 @@ impl Settings {
             kill_timeout: c.scheduler.kill_grace,
             poll_timeout: c.api.poll_timeout,
             max_body_bytes: c.api.max_body.bytes(),
+            compact_after_deletes: c.store.compact_after_deletes,
         }
     }
 }

@@ -73,6 +73,14 @@ impl Store for SwitchableStore {
         }
         self.inner.commit(batch).await
     }
+
+    async fn size_bytes(&self) -> Option<u64> {
+        self.inner.size_bytes().await
+    }
+
+    async fn compact(&self) -> Result<bool, StoreError> {
+        self.inner.compact().await
+    }
 }
 
 /// A master on an embedded store in a temp dir, and its routes.
@@ -723,6 +731,59 @@ async fn examined(h: &Harness) -> u64 {
     let n = metric_value(&text, "drover_schedule_examined_tasks_total")
         .unwrap_or_else(|| panic!("no examined counter in:\n{text}"));
     n as u64
+}
+
+#[tokio::test]
+async fn purging_a_large_job_compacts_the_store_and_its_size_is_a_metric() {
+    let h = Harness::with_settings(Settings {
+        compact_after_deletes: 500,
+        ..Settings::default()
+    })
+    .await;
+    // Nothing to run them on: the tasks wait, and only the store grows.
+    for job in ["a", "b", "c"] {
+        h.create(&spec(job, 400)).await;
+    }
+    let file = h.dir.path().join(drover_master::store::embedded::FILE_NAME);
+    let full = std::fs::metadata(&file).expect("the store file").len();
+    let text = h.get("/metrics").await.text();
+    assert_eq!(
+        metric_value(&text, "drover_store_compactions_total"),
+        Some(0.0)
+    );
+    let reported = metric_value(&text, "drover_store_file_bytes").unwrap_or(0.0);
+    assert!(reported > 0.0, "no store size in:\n{text}");
+
+    // 401 deleted keys: not yet worth a compaction.
+    h.delete("/v1/jobs/a?purge=true").await.expect(200);
+    let text = h.get("/metrics").await.text();
+    assert_eq!(
+        metric_value(&text, "drover_store_compactions_total"),
+        Some(0.0)
+    );
+    // 802: compacted before the purge is answered.
+    h.delete("/v1/jobs/b?purge=true").await.expect(200);
+    let text = h.get("/metrics").await.text();
+    assert_eq!(
+        metric_value(&text, "drover_store_compactions_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let compacted = std::fs::metadata(&file).expect("the store file").len();
+    assert!(
+        compacted < full,
+        "the store file did not shrink: {full} -> {compacted} bytes"
+    );
+    assert_eq!(
+        metric_value(&text, "drover_store_file_bytes"),
+        Some(compacted as f64),
+        "{text}"
+    );
+    // What was not purged is all there, after a restart too.
+    let h = h.restart().await;
+    let c = h.get("/v1/jobs/c").await.expect(200);
+    assert_eq!(c["tasks"]["pending"], 400, "{c}");
+    h.get("/v1/jobs/a").await.expect(404);
 }
 
 #[tokio::test]

@@ -114,6 +114,11 @@ async fn embedded_store_round_trips_1_mib_values() {
 }
 
 #[tokio::test]
+async fn embedded_store_keeps_what_is_stored_through_a_compaction() {
+    conformance::compaction_keeps_what_is_stored(&mut EmbeddedHarness::new()).await;
+}
+
+#[tokio::test]
 async fn embedded_store_passes_the_whole_suite_through_run_all() {
     conformance::run_all(EmbeddedHarness::new).await;
 }
@@ -274,4 +279,42 @@ fn embedded_store_reports_a_data_dir_that_is_a_file_as_unavailable() {
         ),
         other => panic!("expected Unavailable, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn embedded_store_compaction_gives_back_the_room_of_deleted_keys() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(tmp.path()).expect("open");
+    // Several commits, as a master's group commits would write them.
+    for round in 0..10 {
+        let mut batch = Batch::new();
+        for i in 0..1_000 {
+            batch.put(format!("tasks/j{round}/{i:05}"), vec![b'x'; 1_024]);
+        }
+        store.commit(batch).await.expect("commit");
+    }
+    let full = store.size_bytes().await.expect("a size");
+    let mut purge = Batch::new();
+    for round in 0..10 {
+        for i in 0..1_000 {
+            purge.delete(format!("tasks/j{round}/{i:05}"));
+        }
+    }
+    store.commit(purge).await.expect("purge");
+    let purged = store.size_bytes().await.expect("a size");
+    assert!(
+        purged >= full / 2,
+        "the file shrank without a compaction ({full} -> {purged} bytes): this test no longer shows what compaction does"
+    );
+    assert!(store.compact().await.expect("compact"), "nothing compacted");
+    let compacted = store.size_bytes().await.expect("a size");
+    assert_eq!(
+        compacted,
+        std::fs::metadata(store_file(tmp.path())).unwrap().len()
+    );
+    assert!(
+        compacted < full / 4,
+        "compaction left {compacted} of {full} bytes for an empty store"
+    );
+    assert!(store.load().await.expect("load").is_empty());
 }

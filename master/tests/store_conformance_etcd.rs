@@ -168,6 +168,11 @@ async fn etcd_store_round_trips_1_mib_values() {
 }
 
 #[tokio::test]
+async fn etcd_store_keeps_what_is_stored_through_a_compaction() {
+    conformance::compaction_keeps_what_is_stored(&mut EtcdHarness::new()).await;
+}
+
+#[tokio::test]
 async fn etcd_store_passes_the_whole_suite_through_run_all() {
     let etcd = Arc::new(Etcd::start());
     conformance::run_all(|| EtcdHarness::on(&etcd)).await;

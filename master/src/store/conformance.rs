@@ -68,6 +68,7 @@ where
     every_key_prefix_of_the_layout_round_trips(&mut new_harness()).await;
     an_empty_batch_is_a_no_op(&mut new_harness()).await;
     large_values_round_trip(&mut new_harness()).await;
+    compaction_keeps_what_is_stored(&mut new_harness()).await;
 }
 
 /// A store over new data loads nothing.
@@ -560,6 +561,63 @@ async fn commit<S: Store + ?Sized>(store: &S, batch: Batch, what: &str) {
             store.backend()
         );
     }
+}
+
+/// Keys and value size of [`compaction_keeps_what_is_stored`].
+pub const COMPACTION_KEYS: usize = 2_000;
+pub const COMPACTION_VALUE_BYTES: usize = 1_024;
+
+/// After most keys are deleted, compaction leaves exactly what is stored:
+/// the same snapshot before and after it, after a reopen too, and writes
+/// work after it. The store reports a size throughout.
+pub async fn compaction_keeps_what_is_stored<H: Harness>(h: &mut H) {
+    let store = h.open().await;
+    let mut puts = Batch::new();
+    for i in 0..COMPACTION_KEYS {
+        puts.put(
+            format!("tasks/job/{i:05}"),
+            vec![b'x'; COMPACTION_VALUE_BYTES],
+        );
+    }
+    commit(&*store, puts, "the keys to delete most of").await;
+    let full = store.size_bytes().await;
+    assert!(
+        full.is_some_and(|b| b > 0),
+        "{}: no size after storing {COMPACTION_KEYS} keys: {full:?}",
+        store.backend()
+    );
+    let mut deletes = Batch::new();
+    for i in (0..COMPACTION_KEYS).filter(|i| i % 20 != 0) {
+        deletes.delete(format!("tasks/job/{i:05}"));
+    }
+    commit(&*store, deletes, "deleting 19 keys in 20").await;
+    let before = load(&*store, "before compaction").await;
+    assert_eq!(before.len(), COMPACTION_KEYS / 20);
+    if let Err(e) = store.compact().await {
+        panic!("{}: compaction failed: {e}", store.backend());
+    }
+    let after = load(&*store, "after compaction").await;
+    assert_snapshot(store.backend(), &after, &before, "after compaction");
+    let mut more = Batch::new();
+    more.put("nodes/after", b"compaction".to_vec());
+    commit(&*store, more, "a write after compaction").await;
+    assert!(
+        store.size_bytes().await.is_some(),
+        "{}: no size after compaction",
+        store.backend()
+    );
+    h.close(store).await;
+    let store = h.open().await;
+    let mut want = before;
+    want.insert("nodes/after".to_string(), b"compaction".to_vec());
+    let reopened = load(&*store, "reopened after compaction").await;
+    assert_snapshot(
+        store.backend(),
+        &reopened,
+        &want,
+        "reopened after compaction",
+    );
+    h.close(store).await;
 }
 
 async fn load<S: Store + ?Sized>(store: &S, when: &str) -> Snapshot {

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -32,7 +32,8 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("drover_kv");
 /// The redb-backed [`Store`]. Cheap to share behind an `Arc`; dropping the
 /// last handle closes the file and releases its lock.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    /// Shared by reads and commits; compaction takes it for itself.
+    db: Arc<RwLock<Database>>,
     path: Arc<PathBuf>,
 }
 
@@ -93,7 +94,7 @@ impl EmbeddedStore {
             "embedded store opened"
         );
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(db)),
             path: Arc::new(path),
         })
     }
@@ -113,7 +114,7 @@ impl Store for EmbeddedStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let db = Arc::clone(&self.db);
         let path = Arc::clone(&self.path);
-        run_blocking(&self.path, "load", move || load_blocking(&db, &path)).await
+        run_blocking(&self.path, "load", move || load_blocking(&read(&db), &path)).await
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
@@ -123,10 +124,57 @@ impl Store for EmbeddedStore {
         let db = Arc::clone(&self.db);
         let path = Arc::clone(&self.path);
         run_blocking(&self.path, "commit", move || {
-            commit_blocking(&db, &path, batch)
+            commit_blocking(&read(&db), &path, batch)
         })
         .await
     }
+
+    async fn size_bytes(&self) -> Option<u64> {
+        tokio::fs::metadata(&*self.path).await.ok().map(|m| m.len())
+    }
+
+    async fn compact(&self) -> Result<bool, StoreError> {
+        let db = Arc::clone(&self.db);
+        let path = Arc::clone(&self.path);
+        run_blocking(&self.path, "compact", move || {
+            let mut db = db.write().unwrap_or_else(|e| e.into_inner());
+            let started = Instant::now();
+            let before = std::fs::metadata(&*path).map_or(0, |m| m.len());
+            let mut compacted = false;
+            // Each round moves what it can; a few rounds reach the end.
+            for _ in 0..COMPACT_ROUNDS {
+                match db.compact() {
+                    Ok(true) => compacted = true,
+                    Ok(false) => break,
+                    Err(e) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "{}: compact failed: {e}",
+                            path.display()
+                        )))
+                    }
+                }
+            }
+            let after = std::fs::metadata(&*path).map_or(0, |m| m.len());
+            tracing::info!(
+                path = %path.display(),
+                before_bytes = before,
+                after_bytes = after,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "embedded store compacted"
+            );
+            Ok(compacted)
+        })
+        .await
+    }
+}
+
+/// Compaction rounds at most, each a pass over the file.
+const COMPACT_ROUNDS: usize = 8;
+
+/// A poisoned lock only means a commit panicked; redb's own transactions
+/// keep the file consistent, so the database is still usable.
+fn read(db: &RwLock<Database>) -> RwLockReadGuard<'_, Database> {
+    db.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn load_blocking(db: &Database, path: &Path) -> Result<Snapshot, StoreError> {

@@ -102,6 +102,16 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Applies the batch atomically; when this returns `Ok`, the batch is
     /// durable (survives a crash of the master or the machine).
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Bytes the store takes on disk: the embedded store's file, or the
+    /// database of the etcd member the master talks to. `None` when it
+    /// cannot tell right now.
+    async fn size_bytes(&self) -> Option<u64>;
+    /// Gives back the room that deleted keys (purged jobs) still take:
+    /// redb compacts its file, etcd compacts its revision history up to
+    /// now (its file shrinks only with `etcdctl defrag`, which stalls the
+    /// member, so that is left to its operator). Writes wait meanwhile.
+    /// Returns whether anything was compacted.
+    async fn compact(&self) -> Result<bool, StoreError>;
 }
 
 /// Key layout, shared by every backend (etcd adds its prefix).
