@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_api::protocol::{
-    AllocUpdate, Assignment, HeartbeatRequest, NodeResources, NodeUsage, Offer, PollRequest,
-    RegisterRequest, Reserved, PROTOCOL_VERSION,
+    AllocUpdate, Assignment, Desired, HeartbeatRequest, NodeResources, NodeUsage, Offer,
+    PollRequest, RegisterRequest, Reserved, PROTOCOL_VERSION,
 };
 use drover_api::{AllocId, AllocState, NodeId};
 use tokio::sync::watch;
@@ -524,6 +524,9 @@ impl Agent {
 
     async fn poll_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut known = 0u64;
+        // What the master wants run here, kept between polls so that it
+        // answers with what changed (a full set after a gap or a restart).
+        let mut desired = Desired::default();
         let mut backoff = Backoff::new();
         loop {
             let Some(node_id) = self.node_id() else {
@@ -532,6 +535,7 @@ impl Agent {
             let req = PollRequest {
                 node_id,
                 known_version: known,
+                delta: true,
             };
             let result = tokio::select! {
                 r = self.client.poll(&req, self.settings.poll_wait) => r,
@@ -542,11 +546,12 @@ impl Agent {
                     backoff.reset();
                     self.contact();
                     known = resp.version;
+                    desired.apply(resp);
                     // Starting a batch of shims blocks (posix_spawn, file
                     // system calls, a thread per core): not on a runtime
                     // worker, which the heartbeat and exit loops share.
                     let this = Arc::clone(&self);
-                    let allocs = resp.allocs;
+                    let allocs = desired.assignments();
                     if let Err(e) =
                         tokio::task::spawn_blocking(move || this.reconcile(&allocs)).await
                     {

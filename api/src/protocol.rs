@@ -159,19 +159,73 @@ pub struct PollRequest {
     pub node_id: NodeId,
     /// The `version` of the last [`PollResponse`] acted upon; 0 at start.
     pub known_version: u64,
+    /// The agent keeps what it was told ([`Desired`]) and takes answers
+    /// that say only what changed since `known_version`. Without it, every
+    /// answer is the whole set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
-/// The full set of allocations the node should be running, and those it
-/// must stop.
+/// The node's desired allocations: all of them, or what changed since the
+/// poll's `known_version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollResponse {
     pub version: u64,
-    /// Anything the agent runs that is not listed here must be killed;
-    /// anything listed that it does not run yet must be started (launch is
-    /// idempotent on the alloc id), unless it is marked
-    /// [`Assignment::stop`].
+    /// `true`: `allocs` is the whole set. Anything the agent runs that is
+    /// not listed must be killed; anything listed that it does not run yet
+    /// must be started (launch is idempotent on the alloc id), unless it is
+    /// marked [`Assignment::stop`]. Always so on the first poll, when the
+    /// agent did not ask for deltas, and when the master no longer has
+    /// every change since `known_version` (a version gap, a restart).
+    ///
+    /// `false`: `allocs` are the allocs added or changed since
+    /// `known_version`, and `removed` those no longer wanted; the rest is
+    /// as the agent last knew it.
+    #[serde(default = "yes")]
+    pub full: bool,
     #[serde(default)]
     pub allocs: Vec<Assignment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<AllocId>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What an agent was told to run, kept between polls: a full answer
+/// replaces it, a delta updates it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    allocs: BTreeMap<AllocId, Assignment>,
+}
+
+impl Desired {
+    /// Takes in one poll's answer.
+    pub fn apply(&mut self, answer: PollResponse) {
+        if answer.full {
+            self.allocs.clear();
+        }
+        for id in &answer.removed {
+            self.allocs.remove(id);
+        }
+        for a in answer.allocs {
+            self.allocs.insert(a.alloc.clone(), a);
+        }
+    }
+
+    /// Every desired alloc, in id order.
+    pub fn assignments(&self) -> Vec<Assignment> {
+        self.allocs.values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.allocs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.allocs.is_empty()
+    }
 }
 
 /// One allocation to run, with everything the agent needs to launch it.
@@ -359,10 +413,13 @@ mod tests {
         let req = PollRequest {
             node_id: NodeId::new("n1").unwrap(),
             known_version: 41,
+            delta: true,
         };
         round_trip(&req);
         let resp = PollResponse {
             version: 42,
+            full: true,
+            removed: Vec::new(),
             allocs: vec![Assignment {
                 alloc: alloc("train/0/1"),
                 job_type: JobType::Batch,
@@ -379,8 +436,12 @@ mod tests {
         assert_eq!(json["allocs"][0]["job_type"], "batch");
         assert_eq!(json["allocs"][0]["env"]["DROVER_SHARD_COUNT"], "4");
 
+        // An answer that does not say is the whole set, as before deltas.
         let minimal: PollResponse = serde_json::from_str(r#"{"version": 7}"#).unwrap();
-        assert!(minimal.allocs.is_empty());
+        assert!(minimal.allocs.is_empty() && minimal.full && minimal.removed.is_empty());
+        let old: PollRequest =
+            serde_json::from_str(r#"{"node_id":"n1","known_version":3}"#).unwrap();
+        assert!(!old.delta);
         let hb: HeartbeatRequest = serde_json::from_str(
             r#"{"node_id":"n1","offer":{"cpu_millis":1,"memory_bytes":2},
                 "usage":{"cpu_millis":0,"memory_bytes":0},"future_field":true}"#,
@@ -391,6 +452,65 @@ mod tests {
             serde_json::from_str::<PollRequest>(r#"{"node_id":"bad id","known_version":0}"#)
                 .is_err()
         );
+    }
+
+    fn assignment(id: &str, stop: bool) -> Assignment {
+        Assignment {
+            alloc: alloc(id),
+            job_type: JobType::Batch,
+            command: vec!["true".into()],
+            env: BTreeMap::new(),
+            cpu_millis: 100,
+            memory_bytes: 1 << 20,
+            gpus: Vec::new(),
+            kill_timeout_ms: 5000,
+            stop,
+        }
+    }
+
+    #[test]
+    fn desired_takes_a_full_answer_whole_and_a_delta_as_changes() {
+        let mut d = Desired::default();
+        d.apply(PollResponse {
+            version: 1,
+            full: true,
+            allocs: vec![assignment("a/0/1", false), assignment("a/1/1", false)],
+            removed: Vec::new(),
+        });
+        assert_eq!(d.len(), 2);
+        // A delta: one changed (now stopping), one gone, one new.
+        d.apply(PollResponse {
+            version: 3,
+            full: false,
+            allocs: vec![assignment("a/1/1", true), assignment("b/0/1", false)],
+            removed: vec![alloc("a/0/1")],
+        });
+        let ids: Vec<(String, bool)> = d
+            .assignments()
+            .iter()
+            .map(|a| (a.alloc.to_string(), a.stop))
+            .collect();
+        assert_eq!(
+            ids,
+            [("a/1/1".to_string(), true), ("b/0/1".to_string(), false)]
+        );
+        // A full answer replaces everything.
+        d.apply(PollResponse {
+            version: 4,
+            full: true,
+            allocs: vec![assignment("c/0/1", false)],
+            removed: Vec::new(),
+        });
+        assert_eq!(d.assignments()[0].alloc, alloc("c/0/1"));
+        assert_eq!(d.len(), 1);
+        // An empty delta changes nothing.
+        d.apply(PollResponse {
+            version: 4,
+            full: false,
+            allocs: Vec::new(),
+            removed: Vec::new(),
+        });
+        assert_eq!(d.len(), 1);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use drover_api::protocol::{
-    AllocUpdate, AllocUsage, Assignment, GpuDevice, HeartbeatRequest, HeartbeatResponse,
+    AllocUpdate, AllocUsage, Assignment, Desired, GpuDevice, HeartbeatRequest, HeartbeatResponse,
     NodeResources, NodeUsage, Offer, PollRequest, PollResponse, RegisterRequest, RegisterResponse,
     Reserved, HEARTBEAT_PATH, POLL_PATH, PROTOCOL_VERSION, REGISTER_PATH,
 };
@@ -914,10 +914,12 @@ impl SimNode {
 
     async fn poll_loop(self: Arc<Self>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         let mut known = 0u64;
+        let mut desired = Desired::default();
         loop {
             let req = PollRequest {
                 node_id: self.id.clone(),
                 known_version: known,
+                delta: true,
             };
             let result = tokio::select! {
                 r = shared.http.post::<_, PollResponse>(POLL_PATH, &req, shared.poll_wait) => r,
@@ -927,7 +929,8 @@ impl SimNode {
                 Ok(resp) => {
                     shared.counters.polls.fetch_add(1, Ordering::Relaxed);
                     known = resp.version;
-                    if self.reconcile(&shared, &resp.allocs) {
+                    desired.apply(resp);
+                    if self.reconcile(&shared, &desired.assignments()) {
                         self.report_now.notify_one();
                     }
                 }

@@ -1,15 +1,15 @@
 //! The master's shared core: the cluster behind one lock, the store, the
 //! scheduler loop, liveness, and node assignment notifications.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant as StdInstant};
 
 use drover_api::protocol::{
-    task_env, AllocUpdate, Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
-    RegisterResponse,
+    task_env, AllocUpdate, Assignment, HeartbeatRequest, HeartbeatResponse, PollResponse,
+    RegisterRequest, RegisterResponse,
 };
 use drover_api::{AllocId, JobId, JobType, NodeId, PolicyKind, TaskId, TaskState};
 use scheduler_policies::{
@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::lifecycle::{self, KillCause};
 use crate::metrics::Metrics;
-use crate::model::{Drain, NodeLive, NodeRecord, Nomination, TaskRecord};
+use crate::model::{AllocRecord, Drain, NodeLive, NodeRecord, Nomination, TaskRecord};
 use crate::state::{Changes, Cluster, Txn};
 use crate::store::{Batch, Op, Store, StoreError};
 use crate::view::{build_view, demand_of, task_request, Capacity};
@@ -83,7 +83,10 @@ pub struct Master {
     cluster: Mutex<Cluster>,
     /// Heartbeat receive times, by the master's monotonic clock.
     last_seen: std::sync::Mutex<BTreeMap<NodeId, Instant>>,
-    node_versions: std::sync::Mutex<BTreeMap<NodeId, watch::Sender<u64>>>,
+    /// Each node's assignment version and what its recent versions changed.
+    feeds: std::sync::Mutex<BTreeMap<NodeId, Feed>>,
+    /// Where this master's feeds start (see [`Feed::new`]).
+    feed_base: u64,
     policies: std::sync::Mutex<BTreeMap<PolicyKind, Box<dyn Policy>>>,
     wake: Notify,
     /// Token bucket for marking nodes down during a mass silence.
@@ -108,8 +111,67 @@ pub struct Master {
 struct Staged {
     seq: u64,
     changes: Changes,
-    touched: BTreeSet<NodeId>,
+    touched: Touched,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The allocs a write changed, by node (a node whose record alone changed
+/// has none).
+type Touched = BTreeMap<NodeId, BTreeSet<AllocId>>;
+
+/// A random start for this master's node versions, far from 0 (an agent
+/// that knows nothing) and from overflow.
+fn feed_base() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (random >> 2).max(1 << 32)
+}
+
+/// How many versions back a node's feed remembers what changed: an agent
+/// that polls again at once is a version or two behind; one further behind
+/// gets the whole set.
+const FEED_DEPTH: usize = 32;
+
+/// A node's assignment version, which its long polls wait on, and the
+/// allocs each of its recent versions changed, from which a poll that knows
+/// an earlier version is answered with what changed since.
+#[derive(Debug)]
+struct Feed {
+    version: watch::Sender<u64>,
+    recent: VecDeque<(u64, BTreeSet<AllocId>)>,
+}
+
+impl Feed {
+    /// Starts at `base`, which differs from one master to the next: an
+    /// agent's version from another master (before a restart or a
+    /// failover) is then never mistaken for one of this master's.
+    fn new(base: u64) -> Feed {
+        Feed {
+            version: watch::channel(base).0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The allocs changed since `known`, if every version since is still
+    /// remembered.
+    fn changed_since(&self, known: u64) -> Option<BTreeSet<AllocId>> {
+        let now = *self.version.borrow();
+        if known == now {
+            return Some(BTreeSet::new());
+        }
+        if known > now || self.recent.front().is_none_or(|(v, _)| *v > known + 1) {
+            return None;
+        }
+        Some(
+            self.recent
+                .iter()
+                .filter(|(v, _)| *v > known)
+                .flat_map(|(_, ids)| ids.iter().cloned())
+                .collect(),
+        )
+    }
 }
 
 /// The most staged writes one store commit takes: a group, however large,
@@ -184,7 +246,8 @@ impl Master {
                 store,
                 cluster: Mutex::new(cluster),
                 last_seen: std::sync::Mutex::new(last_seen),
-                node_versions: std::sync::Mutex::new(BTreeMap::new()),
+                feeds: std::sync::Mutex::new(BTreeMap::new()),
+                feed_base: feed_base(),
                 policies: std::sync::Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
                 down_budget: std::sync::Mutex::new((0.0, now)),
@@ -228,7 +291,7 @@ impl Master {
             )));
             return Durable(Some(rx));
         }
-        let touched = changes.touched_nodes(cluster);
+        let touched = changes.touched_allocs(cluster);
         cluster.apply(&changes);
         let seq = self.staged_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let staged = Staged {
@@ -246,23 +309,36 @@ impl Master {
         Durable(Some(rx))
     }
 
-    fn bump_nodes(&self, nodes: impl IntoIterator<Item = NodeId>) {
-        let mut versions = self.node_versions.lock().unwrap_or_else(|e| e.into_inner());
-        for node in nodes {
-            versions
+    /// Moves each touched node to its next version, remembering what it
+    /// changed. `forget`: what changed is unknown (the cluster was reloaded),
+    /// so every node's next poll gets its whole set.
+    fn bump_nodes(&self, touched: Touched, forget: bool) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        for (node, allocs) in touched {
+            let feed = feeds
                 .entry(node)
-                .or_insert_with(|| watch::channel(0).0)
-                .send_modify(|v| *v += 1);
+                .or_insert_with(|| Feed::new(self.feed_base));
+            if forget {
+                feed.recent.clear();
+            }
+            feed.version.send_modify(|v| *v += 1);
+            if !forget {
+                feed.recent.push_back((*feed.version.borrow(), allocs));
+                if feed.recent.len() > FEED_DEPTH {
+                    feed.recent.pop_front();
+                }
+            }
         }
     }
 
     /// A receiver of a node's assignment version; it changes whenever the
     /// node's live allocs do.
     pub fn node_version(&self, node: &NodeId) -> watch::Receiver<u64> {
-        let mut versions = self.node_versions.lock().unwrap_or_else(|e| e.into_inner());
-        versions
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds
             .entry(node.clone())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| Feed::new(self.feed_base))
+            .version
             .subscribe()
     }
 
@@ -605,14 +681,14 @@ impl Master {
     /// an agent is never shown an alloc a crash could still undo. `None`
     /// while the cluster in memory is ahead of the store (a failed write
     /// not yet undone by a reload).
-    pub async fn assignments(&self, node: &NodeId) -> Option<(u64, Vec<Assignment>)> {
+    pub async fn assignments(&self, node: &NodeId, known: Option<u64>) -> Option<PollResponse> {
         loop {
             let (answer, seq, epoch) = {
                 let cluster = self.lock().await;
                 if self.stale.load(Ordering::SeqCst) {
                     return None;
                 }
-                let answer = self.assignments_now(&cluster, node);
+                let answer = self.assignments_now(&cluster, node, known);
                 (
                     answer,
                     self.staged_seq.load(Ordering::SeqCst),
@@ -629,47 +705,89 @@ impl Master {
         }
     }
 
-    fn assignments_now(&self, cluster: &Cluster, node: &NodeId) -> (u64, Vec<Assignment>) {
-        let version = *self.node_version(node).borrow();
-        let allocs = cluster
-            .live_allocs_on(node)
-            .map(|a| {
-                let Some(spec) = cluster.jobs.get(&a.id.task.job).map(|j| &j.spec) else {
-                    // A purged job's attempt, kept while it stops: nothing
-                    // to launch, only to stop.
-                    return Assignment {
-                        alloc: a.id.clone(),
-                        job_type: JobType::Batch,
-                        command: Vec::new(),
-                        env: BTreeMap::new(),
-                        cpu_millis: a.cpu_millis,
-                        memory_bytes: a.memory_bytes,
-                        gpus: a.gpus.clone(),
-                        kill_timeout_ms: lifecycle::duration_ms(self.settings.kill_timeout),
-                        stop: true,
-                    };
-                };
-                Assignment {
-                    alloc: a.id.clone(),
-                    job_type: spec.job_type,
-                    command: spec.command.clone(),
-                    env: task_env(&a.id, spec.shards, &a.gpus, &spec.env),
-                    cpu_millis: a.cpu_millis,
-                    memory_bytes: a.memory_bytes,
-                    gpus: a.gpus.clone(),
-                    kill_timeout_ms: lifecycle::duration_ms(
-                        spec.kill_timeout.unwrap_or(self.settings.kill_timeout),
-                    ),
-                    stop: a.is_stopping(),
+    /// The node's assignments as the cluster holds them now: all of them,
+    /// or, given a `known` version whose changes since are remembered,
+    /// only the allocs those changes touched (as they are now).
+    fn assignments_now(
+        &self,
+        cluster: &Cluster,
+        node: &NodeId,
+        known: Option<u64>,
+    ) -> PollResponse {
+        let (version, changed) = {
+            let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            let feed = feeds
+                .entry(node.clone())
+                .or_insert_with(|| Feed::new(self.feed_base));
+            let version = *feed.version.borrow();
+            (version, known.and_then(|k| feed.changed_since(k)))
+        };
+        match changed {
+            None => PollResponse {
+                version,
+                full: true,
+                allocs: cluster
+                    .live_allocs_on(node)
+                    .map(|a| self.assignment(cluster, a))
+                    .collect(),
+                removed: Vec::new(),
+            },
+            Some(ids) => {
+                let mut allocs = Vec::new();
+                let mut removed = Vec::new();
+                for id in ids {
+                    match cluster.allocs.get(&id) {
+                        Some(a) if a.node == *node && a.is_live() => {
+                            allocs.push(self.assignment(cluster, a));
+                        }
+                        _ => removed.push(id),
+                    }
                 }
-            })
-            .collect();
-        (version, allocs)
+                PollResponse {
+                    version,
+                    full: false,
+                    allocs,
+                    removed,
+                }
+            }
+        }
+    }
+
+    fn assignment(&self, cluster: &Cluster, a: &AllocRecord) -> Assignment {
+        let Some(spec) = cluster.jobs.get(&a.id.task.job).map(|j| &j.spec) else {
+            // A purged job's attempt, kept while it stops: nothing to
+            // launch, only to stop.
+            return Assignment {
+                alloc: a.id.clone(),
+                job_type: JobType::Batch,
+                command: Vec::new(),
+                env: BTreeMap::new(),
+                cpu_millis: a.cpu_millis,
+                memory_bytes: a.memory_bytes,
+                gpus: a.gpus.clone(),
+                kill_timeout_ms: lifecycle::duration_ms(self.settings.kill_timeout),
+                stop: true,
+            };
+        };
+        Assignment {
+            alloc: a.id.clone(),
+            job_type: spec.job_type,
+            command: spec.command.clone(),
+            env: task_env(&a.id, spec.shards, &a.gpus, &spec.env),
+            cpu_millis: a.cpu_millis,
+            memory_bytes: a.memory_bytes,
+            gpus: a.gpus.clone(),
+            kill_timeout_ms: lifecycle::duration_ms(
+                spec.kill_timeout.unwrap_or(self.settings.kill_timeout),
+            ),
+            stop: a.is_stopping(),
+        }
     }
 
     /// Waits until the node's assignments differ from `known`, or the poll
-    /// timeout passes; then returns them.
-    pub async fn poll(&self, node: &NodeId, known: u64) -> Option<(u64, Vec<Assignment>)> {
+    /// timeout passes; then returns them: whole, or with `delta`, what
+    /// changed since `known` when the master still knows that.
+    pub async fn poll(&self, node: &NodeId, known: u64, delta: bool) -> Option<PollResponse> {
         let mut rx = self.node_version(node);
         let mut closing = self.closing.subscribe();
         if *rx.borrow_and_update() == known && !*closing.borrow_and_update() {
@@ -684,7 +802,9 @@ impl Master {
         if *closing.borrow() {
             return None;
         }
-        self.assignments(node).await
+        // Version 0 is an agent that knows nothing yet.
+        let known = (delta && known > 0).then_some(known);
+        self.assignments(node, known).await
     }
 
     /// The master's term is ending (shutdown, or lost leadership): pending
@@ -997,7 +1117,7 @@ async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<
             }
         }
         let mut batch = Batch::new();
-        let mut touched = BTreeSet::new();
+        let mut touched = Touched::new();
         let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> =
             Vec::with_capacity(group.len());
         let mut last = 0;
@@ -1006,7 +1126,9 @@ async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<
             // Serialized here, not under the cluster lock: the records
             // are shared with the cluster, and no longer change.
             batch.append(staged.changes.batch());
-            touched.extend(staged.touched);
+            for (node, allocs) in staged.touched {
+                touched.entry(node).or_default().extend(allocs);
+            }
             waiting.push(staged.done);
         }
         let Some(m) = master.upgrade() else { return };
@@ -1024,7 +1146,7 @@ async fn run_committer(master: Weak<Master>, mut queue: mpsc::UnboundedReceiver<
         match result {
             Ok(()) => {
                 m.settled.send_modify(|(seq, _)| *seq = last);
-                m.bump_nodes(touched);
+                m.bump_nodes(touched, false);
                 // Before the writers hear back: a compaction holds them
                 // (and no handle on the master outlives their answer).
                 upkeep.after_commit(&m, deleted).await;
@@ -1093,9 +1215,13 @@ impl Master {
         *cluster = fresh;
         self.stale.store(false, Ordering::SeqCst);
         // Polls refused while the cluster was stale: answer them now.
-        let nodes: Vec<NodeId> = cluster.nodes.keys().cloned().collect();
+        let nodes: Touched = cluster
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), BTreeSet::new()))
+            .collect();
         drop(cluster);
-        self.bump_nodes(nodes);
+        self.bump_nodes(nodes, true);
         self.wake_scheduler();
         tracing::info!("cluster reloaded from the store");
         Ok(())

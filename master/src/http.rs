@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use drover_api::protocol::{
-    HeartbeatRequest, PollRequest, PollResponse, RegisterRequest, PROTOCOL_VERSION,
-};
+use drover_api::protocol::{HeartbeatRequest, PollRequest, RegisterRequest, PROTOCOL_VERSION};
 use drover_api::{AllocId, JobId, JobSpec, JobState, NodeId, SpecError, TaskId, TaskState};
 use scheduler_policies::{registry, Decision, TaskRequest};
 use serde::{Deserialize, Serialize};
@@ -719,8 +717,8 @@ async fn heartbeat(master: Arc<Master>, req: HeartbeatRequest) -> Answer {
 }
 
 async fn poll(master: Arc<Master>, req: PollRequest) -> Answer {
-    match master.poll(&req.node_id, req.known_version).await {
-        Some((version, allocs)) => ok(&PollResponse { version, allocs }),
+    match master.poll(&req.node_id, req.known_version, req.delta).await {
+        Some(answer) => ok(&answer),
         None => Err(ApiError::retry_soon(
             "unavailable",
             "this master cannot answer for now (stopping, no longer leading, or reloading after a failed write); poll again",

@@ -286,17 +286,25 @@ impl Changes {
         b
     }
 
-    /// Nodes whose set of live allocs may have changed (deleted allocs are
-    /// looked up in `base`, the cluster before these changes).
-    pub fn touched_nodes(&self, base: &Cluster) -> BTreeSet<NodeId> {
-        self.allocs
-            .iter()
-            .filter_map(|(id, rec)| match rec {
-                Some(a) => Some(a.node.clone()),
-                None => base.allocs.get(id).map(|a| a.node.clone()),
-            })
-            .chain(self.nodes.keys().cloned())
-            .collect()
+    /// Nodes whose set of live allocs may have changed, with the allocs
+    /// changed on each (deleted allocs are looked up in `base`, the cluster
+    /// before these changes).
+    pub fn touched_allocs(&self, base: &Cluster) -> BTreeMap<NodeId, BTreeSet<AllocId>> {
+        let mut touched: BTreeMap<NodeId, BTreeSet<AllocId>> = self
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), BTreeSet::new()))
+            .collect();
+        for (id, rec) in &self.allocs {
+            let node = match rec {
+                Some(a) => Some(&a.node),
+                None => base.allocs.get(id).map(|a| &a.node),
+            };
+            if let Some(node) = node {
+                touched.entry(node.clone()).or_default().insert(id.clone());
+            }
+        }
+        touched
     }
 }
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use drover_api::protocol::{
-    AllocUpdate, GpuDevice, HeartbeatRequest, NodeResources, NodeUsage, Offer, PollRequest,
-    PollResponse, RegisterRequest, Reserved, PROTOCOL_VERSION,
+    AllocUpdate, Assignment, Desired, GpuDevice, HeartbeatRequest, NodeResources, NodeUsage, Offer,
+    PollRequest, PollResponse, RegisterRequest, Reserved, PROTOCOL_VERSION,
 };
 use drover_api::{AllocId, AllocState, NodeId};
 use drover_master::auth::{Auth, Role};
@@ -220,9 +220,14 @@ impl Harness {
     }
 
     async fn poll(&self, node_id: &str, known_version: u64) -> PollResponse {
+        self.poll_with(node_id, known_version, false).await
+    }
+
+    async fn poll_with(&self, node_id: &str, known_version: u64, delta: bool) -> PollResponse {
         let req = PollRequest {
             node_id: node_id_of(node_id),
             known_version,
+            delta,
         };
         let v = self.post_json("/v1/agent/poll", &req).await.expect(200);
         serde_json::from_value(v).expect("a poll response")
@@ -1456,6 +1461,59 @@ async fn a_gpu_model_constraint_matches_part_of_the_reported_model_name() {
     assert_eq!(r.allocs[0].env["CUDA_VISIBLE_DEVICES"], "0,1");
 }
 
+fn alloc_ids(allocs: &[Assignment]) -> Vec<String> {
+    allocs.iter().map(|a| a.alloc.to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_delta_poll_answers_what_changed_since_the_known_version_and_a_gap_the_whole_set() {
+    let h = Harness::new().await;
+    h.add_node("n1").await;
+    h.create(&spec("render", 3)).await;
+    assert_eq!(h.schedule().await, 3);
+    // Knowing nothing (version 0): the whole set, deltas asked for or not.
+    let first = h.poll_with("n1", 0, true).await;
+    assert!(first.full);
+    assert_eq!(
+        alloc_ids(&first.allocs),
+        ["render/0/1", "render/1/1", "render/2/1"]
+    );
+
+    // One ends, one more is placed: only those two travel.
+    h.report_one("n1", "render/1/1", AllocState::Succeeded, Some(0))
+        .await;
+    h.create(&spec("more", 1)).await;
+    assert_eq!(h.schedule().await, 1);
+    let delta = h.poll_with("n1", first.version, true).await;
+    assert!(!delta.full, "{delta:?}");
+    assert!(delta.version > first.version);
+    assert_eq!(alloc_ids(&delta.allocs), ["more/0/1"]);
+    assert_eq!(delta.removed, ["render/1/1".parse::<AllocId>().unwrap()]);
+    // Applied to what the agent knew, it is the whole set the master holds.
+    let mut desired = Desired::default();
+    desired.apply(first.clone());
+    desired.apply(delta.clone());
+    let whole = h.poll_with("n1", 0, true).await;
+    assert_eq!(desired.assignments(), whole.allocs);
+
+    // A stop travels as a changed alloc, marked stop.
+    h.delete("/v1/jobs/more").await.expect(200);
+    let stop = h.poll_with("n1", delta.version, true).await;
+    assert!(!stop.full);
+    assert_eq!(alloc_ids(&stop.allocs), ["more/0/1"]);
+    assert!(stop.allocs[0].stop);
+    assert!(stop.removed.is_empty());
+
+    // Without deltas, or from a version this master never gave (another
+    // master's, or one too old to remember), the whole set.
+    let plain = h.poll_with("n1", delta.version, false).await;
+    assert!(plain.full);
+    assert_eq!(plain.allocs.len(), 3, "{plain:?}");
+    let foreign = h.poll_with("n1", 7, true).await;
+    assert!(foreign.full);
+    assert_eq!(alloc_ids(&foreign.allocs), alloc_ids(&plain.allocs));
+}
+
 #[tokio::test]
 async fn a_poll_at_the_current_version_returns_as_soon_as_a_new_assignment_arrives() {
     let settings = Settings {
@@ -1470,6 +1528,7 @@ async fn a_poll_at_the_current_version_returns_as_soon_as_a_new_assignment_arriv
     let body = serde_json::to_vec(&PollRequest {
         node_id: node_id_of("n1"),
         known_version: current,
+        delta: false,
     })
     .unwrap();
     let started = Instant::now();

@@ -203,11 +203,11 @@ async fn a_node_that_comes_back_is_told_to_kill_the_allocs_that_were_replaced() 
     let kill = register(&m, "n1", vec![stale.clone()]).await;
     assert_eq!(kill, vec![stale]);
     assert_eq!(node_state(&m, "n1").await, NodeState::Ready);
-    let (_, assignments) = m
-        .assignments(&nid("n1"))
+    let assignments = m
+        .assignments(&nid("n1"), None)
         .await
         .expect("settled assignments");
-    assert!(assignments.is_empty());
+    assert!(assignments.full && assignments.allocs.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,7 +236,7 @@ async fn a_draining_node_keeps_batch_work_until_the_deadline_then_it_moves() {
         placements(&m).await,
         vec![("web/0".to_string(), "n1".to_string())]
     );
-    let (_, on_n1) = m.assignments(&nid("n1")).await.unwrap();
+    let on_n1 = m.assignments(&nid("n1"), None).await.unwrap().allocs;
     assert!(on_n1[0].stop, "n1 is told to stop it: {on_n1:?}");
     let exited = AllocUpdate {
         alloc: "web/0/1".parse().unwrap(),
