@@ -1,0 +1,422 @@
+//! The agent protocol: register, heartbeat, and long polls answered from
+//! each node's feed of assignment versions.
+
+use super::*;
+
+/// The allocs a write changed, by node (a node whose record alone changed
+/// has none).
+pub(super) type Touched = BTreeMap<NodeId, BTreeSet<AllocId>>;
+
+/// A random start for this master's node versions, far from 0 (an agent
+/// that knows nothing) and from overflow.
+pub(super) fn feed_base() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (random >> 2).max(1 << 32)
+}
+
+/// How many versions back a node's feed remembers what changed: an agent
+/// that polls again at once is a version or two behind; one further behind
+/// gets the whole set.
+const FEED_DEPTH: usize = 32;
+
+/// A node's assignment version, which its long polls wait on, and the
+/// allocs each of its recent versions changed, from which a poll that knows
+/// an earlier version is answered with what changed since.
+#[derive(Debug)]
+pub(super) struct Feed {
+    version: watch::Sender<u64>,
+    recent: VecDeque<(u64, BTreeSet<AllocId>)>,
+}
+
+impl Feed {
+    /// Starts at `base`, which differs from one master to the next: an
+    /// agent's version from another master (before a restart or a
+    /// failover) is then never mistaken for one of this master's.
+    fn new(base: u64) -> Feed {
+        Feed {
+            version: watch::channel(base).0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The allocs changed since `known`, if every version since is still
+    /// remembered.
+    fn changed_since(&self, known: u64) -> Option<BTreeSet<AllocId>> {
+        let now = *self.version.borrow();
+        if known == now {
+            return Some(BTreeSet::new());
+        }
+        if known > now || self.recent.front().is_none_or(|(v, _)| *v > known + 1) {
+            return None;
+        }
+        Some(
+            self.recent
+                .iter()
+                .filter(|(v, _)| *v > known)
+                .flat_map(|(_, ids)| ids.iter().cloned())
+                .collect(),
+        )
+    }
+}
+
+impl Master {
+    /// Moves each touched node to its next version, remembering what it
+    /// changed. `forget`: what changed is unknown (the cluster was reloaded),
+    /// so every node's next poll gets its whole set.
+    pub(super) fn bump_nodes(&self, touched: Touched, forget: bool) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        for (node, allocs) in touched {
+            let feed = feeds
+                .entry(node)
+                .or_insert_with(|| Feed::new(self.feed_base));
+            if forget {
+                feed.recent.clear();
+            }
+            feed.version.send_modify(|v| *v += 1);
+            if !forget {
+                feed.recent.push_back((*feed.version.borrow(), allocs));
+                if feed.recent.len() > FEED_DEPTH {
+                    feed.recent.pop_front();
+                }
+            }
+        }
+    }
+
+    /// A receiver of a node's assignment version; it changes whenever the
+    /// node's live allocs do.
+    pub fn node_version(&self, node: &NodeId) -> watch::Receiver<u64> {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds
+            .entry(node.clone())
+            .or_insert_with(|| Feed::new(self.feed_base))
+            .version
+            .subscribe()
+    }
+
+    fn interval_ms(&self) -> u64 {
+        u64::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, CommitError> {
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        let node_id = match &req.node_id {
+            Some(id) => id.clone(),
+            None => fresh_node_id(&cluster, &req.hostname),
+        };
+        let changes = {
+            let mut txn = Txn::new(&cluster);
+            let previous = txn.node(&node_id).cloned();
+            if let Some(p) = previous
+                .as_ref()
+                .filter(|p| !p.down && p.hostname != req.hostname)
+            {
+                return Err(CommitError::Conflict(format!(
+                    "node id {node_id} belongs to host {:?}; this agent runs on {:?}",
+                    p.hostname, req.hostname
+                )));
+            }
+            txn.put_node(NodeRecord {
+                id: node_id.clone(),
+                hostname: req.hostname.clone(),
+                log_addr: req.log_addr.clone(),
+                resources: req.resources.clone(),
+                reserved: req.reserved,
+                labels: req.labels.clone(),
+                attributes: req.attributes.clone(),
+                version: req.version.clone(),
+                down: false,
+                drain: previous.as_ref().and_then(|p| p.drain.clone()),
+                registered_at_ms: now_ms,
+            });
+            txn.into_changes()
+        };
+        let durable = self.stage(&mut cluster, changes);
+        let live: Vec<AllocId> = cluster
+            .live_allocs_on(&node_id)
+            .map(|a| a.id.clone())
+            .collect();
+        let kill = req
+            .running_allocs
+            .iter()
+            .filter(|a| !live.contains(a))
+            .cloned()
+            .collect();
+        self.seen(&node_id, &mut cluster);
+        drop(cluster);
+        durable.wait().await?;
+        tracing::info!(node = %node_id, hostname = %req.hostname, "node registered");
+        self.wake_scheduler();
+        Ok(RegisterResponse {
+            node_id,
+            heartbeat_interval_ms: self.interval_ms(),
+            kill,
+        })
+    }
+
+    fn seen(&self, node: &NodeId, cluster: &mut Cluster) {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.clone(), self.clock.now());
+        if let Some(live) = cluster.live.get_mut(node) {
+            live.suspect = false;
+            live.last_heartbeat_ms = self.clock.wall_ms();
+        }
+    }
+
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, CommitError> {
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        let Some(node) = cluster.nodes.get(&req.node_id) else {
+            return Ok(HeartbeatResponse {
+                heartbeat_interval_ms: self.interval_ms(),
+                reregister: true,
+            });
+        };
+        let was_down = node.down;
+        let (changes, applied) = {
+            let mut txn = Txn::new(&cluster);
+            if was_down {
+                if let Some(n) = txn.node_mut(&req.node_id) {
+                    n.down = false;
+                }
+            }
+            let applied = apply_reports(&mut txn, &req.node_id, &req.updates, now_ms);
+            (txn.into_changes(), applied)
+        };
+        let durable = self.stage(&mut cluster, changes);
+        let ended = applied.ended;
+        self.seen(&req.node_id, &mut cluster);
+        if let Some(live) = cluster.live.get_mut(&req.node_id) {
+            live.usage_cpu_millis = req.usage.cpu_millis;
+            live.usage_memory_bytes = req.usage.memory_bytes;
+            live.offer_cpu_millis = req.offer.cpu_millis;
+            live.offer_memory_bytes = req.offer.memory_bytes;
+        }
+        drop(cluster);
+        durable.wait().await?;
+        self.metrics
+            .reschedules
+            .with_label_values(&["restart"])
+            .inc_by(applied.restarted);
+        if was_down {
+            tracing::info!(node = %req.node_id, "node is back");
+        }
+        if ended || was_down {
+            self.wake_scheduler();
+        }
+        Ok(HeartbeatResponse {
+            heartbeat_interval_ms: self.interval_ms(),
+            reregister: false,
+        })
+    }
+
+    /// The node's desired allocs and the version they are at, once durable:
+    /// an agent is never shown an alloc a crash could still undo. `None`
+    /// while the cluster in memory is ahead of the store (a failed write
+    /// not yet undone by a reload).
+    pub async fn assignments(&self, node: &NodeId, known: Option<u64>) -> Option<PollResponse> {
+        loop {
+            let (answer, seq, epoch) = {
+                let cluster = self.lock().await;
+                if self.stale.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let answer = self.assignments_now(&cluster, node, known);
+                (
+                    answer,
+                    self.staged_seq.load(Ordering::SeqCst),
+                    self.settled.borrow().1,
+                )
+            };
+            let mut settled = self.settled.subscribe();
+            if settled.wait_for(|(done, _)| *done >= seq).await.is_err() {
+                return None;
+            }
+            if settled.borrow().1 == epoch {
+                return Some(answer);
+            }
+        }
+    }
+
+    /// The node's assignments as the cluster holds them now: all of them,
+    /// or, given a `known` version whose changes since are remembered,
+    /// only the allocs those changes touched (as they are now).
+    fn assignments_now(
+        &self,
+        cluster: &Cluster,
+        node: &NodeId,
+        known: Option<u64>,
+    ) -> PollResponse {
+        let (version, changed) = {
+            let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            let feed = feeds
+                .entry(node.clone())
+                .or_insert_with(|| Feed::new(self.feed_base));
+            let version = *feed.version.borrow();
+            (version, known.and_then(|k| feed.changed_since(k)))
+        };
+        match changed {
+            None => PollResponse {
+                version,
+                full: true,
+                allocs: cluster
+                    .live_allocs_on(node)
+                    .map(|a| self.assignment(cluster, a))
+                    .collect(),
+                removed: Vec::new(),
+            },
+            Some(ids) => {
+                let mut allocs = Vec::new();
+                let mut removed = Vec::new();
+                for id in ids {
+                    match cluster.allocs.get(&id) {
+                        Some(a) if a.node == *node && a.is_live() => {
+                            allocs.push(self.assignment(cluster, a));
+                        }
+                        _ => removed.push(id),
+                    }
+                }
+                PollResponse {
+                    version,
+                    full: false,
+                    allocs,
+                    removed,
+                }
+            }
+        }
+    }
+
+    fn assignment(&self, cluster: &Cluster, a: &AllocRecord) -> Assignment {
+        let Some(spec) = cluster.jobs.get(&a.id.task.job).map(|j| &j.spec) else {
+            // A purged job's attempt, kept while it stops: nothing to
+            // launch, only to stop.
+            return Assignment {
+                alloc: a.id.clone(),
+                job_type: JobType::Batch,
+                command: Vec::new(),
+                env: BTreeMap::new(),
+                cpu_millis: a.cpu_millis,
+                memory_bytes: a.memory_bytes,
+                gpus: a.gpus.clone(),
+                kill_timeout_ms: lifecycle::duration_ms(self.settings.kill_timeout),
+                stop: true,
+            };
+        };
+        Assignment {
+            alloc: a.id.clone(),
+            job_type: spec.job_type,
+            command: spec.command.clone(),
+            env: task_env(&a.id, spec.shards, &a.gpus, &spec.env),
+            cpu_millis: a.cpu_millis,
+            memory_bytes: a.memory_bytes,
+            gpus: a.gpus.clone(),
+            kill_timeout_ms: lifecycle::duration_ms(
+                spec.kill_timeout.unwrap_or(self.settings.kill_timeout),
+            ),
+            stop: a.is_stopping(),
+        }
+    }
+
+    /// Waits until the node's assignments differ from `known`, or the poll
+    /// timeout passes; then returns them: whole, or with `delta`, what
+    /// changed since `known` when the master still knows that.
+    pub async fn poll(&self, node: &NodeId, known: u64, delta: bool) -> Option<PollResponse> {
+        let mut rx = self.node_version(node);
+        let mut closing = self.closing.subscribe();
+        if *rx.borrow_and_update() == known && !*closing.borrow_and_update() {
+            tokio::select! {
+                _ = tokio::time::timeout(self.settings.poll_timeout, rx.changed()) => {}
+                _ = closing.changed() => {}
+            }
+        }
+        // A master whose term is over (stopping, or deposed) must not hand
+        // out what it last knew: another master may already have changed
+        // the node's assignments.
+        if *closing.borrow() {
+            return None;
+        }
+        // Version 0 is an agent that knows nothing yet.
+        let known = (delta && known > 0).then_some(known);
+        self.assignments(node, known).await
+    }
+}
+
+/// What a heartbeat's reports did.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Some alloc ended: its resources are free for the scheduler.
+    ended: bool,
+    /// Tasks whose attempt ended and that their restart policy requeued.
+    restarted: u64,
+}
+
+fn apply_reports(
+    txn: &mut Txn<'_>,
+    node: &NodeId,
+    updates: &[AllocUpdate],
+    now_ms: u64,
+) -> Applied {
+    let mut applied = Applied::default();
+    for u in updates {
+        // Only the task's latest attempt moves the task; a task pending
+        // after that attempt ended was requeued by its restart policy.
+        let latest = txn
+            .task(&u.alloc.task)
+            .and_then(TaskRecord::latest_alloc)
+            .is_some_and(|a| a == u.alloc);
+        // A stopped attempt's task was requeued by whoever stopped it
+        // (preemption, drain, update), and counted then.
+        let stopping = txn.alloc(&u.alloc).is_some_and(|a| a.is_stopping());
+        if lifecycle::report(txn, node, u, now_ms) {
+            applied.ended |= u.state.is_terminal();
+            if latest
+                && !stopping
+                && u.state.is_terminal()
+                && txn
+                    .task(&u.alloc.task)
+                    .is_some_and(|t| t.state == TaskState::Pending)
+            {
+                applied.restarted += 1;
+            }
+        } else {
+            tracing::debug!(node = %node, alloc = %u.alloc, state = %u.state, "ignored report about an alloc that is not live here");
+        }
+    }
+    applied
+}
+
+/// A node id from the hostname, made unique.
+fn fresh_node_id(cluster: &Cluster, hostname: &str) -> NodeId {
+    let base: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    let base = if base.is_empty() {
+        "node".to_string()
+    } else {
+        base
+    };
+    (0..)
+        .map(|i| {
+            if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{i}")
+            }
+        })
+        .filter_map(|s| NodeId::new(s).ok())
+        .find(|id| !cluster.nodes.contains_key(id))
+        .unwrap_or_else(|| NodeId::new("node").expect("valid literal"))
+}

@@ -1,0 +1,124 @@
+//! Liveness: nodes whose heartbeats stop are suspect, then down.
+
+use super::*;
+
+impl Master {
+    /// Checks heartbeats every half interval until `shutdown`.
+    pub async fn run_liveness(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.settings.heartbeat_interval / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.check_liveness().await {
+                tracing::warn!(error = %e, "liveness changes not committed; retrying next tick");
+            }
+        }
+    }
+
+    /// Marks silent nodes suspect, then down (their allocs lost), and
+    /// enforces drain deadlines. Returns the nodes declared down.
+    pub async fn check_liveness(&self) -> Result<Vec<NodeId>, CommitError> {
+        let now = self.clock.now();
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        let suspect_after = self.settings.heartbeat_interval * self.settings.suspect_after_missed;
+        let mut candidates = Vec::new();
+        let mut alive = 0usize;
+        {
+            let seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<NodeId> = cluster
+                .nodes
+                .values()
+                .filter(|n| !n.down)
+                .map(|n| n.id.clone())
+                .collect();
+            for id in ids {
+                alive += 1;
+                let silent = seen
+                    .get(&id)
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t));
+                let live = cluster
+                    .live
+                    .entry(id.clone())
+                    .or_insert_with(NodeLive::default);
+                live.suspect = silent > suspect_after;
+                if silent > self.settings.node_timeout {
+                    candidates.push(id);
+                }
+            }
+        }
+        let down = self.limit_mass_failure(candidates, alive, now);
+        let (mut lost, mut drained) = (0u64, 0u64);
+        let changes = {
+            let mut txn = Txn::new(&cluster);
+            for node in &down {
+                lost += txn.live_alloc_ids_on(node).len() as u64;
+                lifecycle::node_down(&mut txn, node, now_ms);
+            }
+            let overdue: Vec<NodeId> = cluster
+                .nodes
+                .values()
+                .filter(|n| !n.down && n.drain.as_ref().is_some_and(|d| d.deadline_ms <= now_ms))
+                .map(|n| n.id.clone())
+                .collect();
+            for node in overdue {
+                drained += lifecycle::drain(&mut txn, &node, true, now_ms);
+            }
+            txn.into_changes()
+        };
+        let changed = !changes.is_empty();
+        let durable = self.stage(&mut cluster, changes);
+        drop(cluster);
+        durable.wait().await?;
+        self.metrics
+            .reschedules
+            .with_label_values(&["lost"])
+            .inc_by(lost);
+        self.metrics
+            .reschedules
+            .with_label_values(&["drained"])
+            .inc_by(drained);
+        for node in &down {
+            self.metrics.node_failures.inc();
+            tracing::warn!(node = %node, timeout = ?self.settings.node_timeout, "node down: no heartbeat");
+        }
+        if changed {
+            self.wake_scheduler();
+        }
+        Ok(down)
+    }
+
+    /// If more than half of the live nodes went silent at once, the master
+    /// is more likely cut off than they are dead: let only a trickle through.
+    fn limit_mass_failure(
+        &self,
+        mut candidates: Vec<NodeId>,
+        alive: usize,
+        now: Instant,
+    ) -> Vec<NodeId> {
+        if candidates.len() * 2 <= alive || alive < 2 {
+            return candidates;
+        }
+        let rate = f64::from(self.settings.max_down_per_second.max(1));
+        let mut budget = self.down_budget.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = now.saturating_duration_since(budget.1).as_secs_f64();
+        budget.0 = (budget.0 + elapsed * rate).min(rate);
+        budget.1 = now;
+        let allowed = budget.0.floor() as usize;
+        tracing::error!(
+            silent = candidates.len(),
+            alive,
+            allowed,
+            "more than half of the nodes went silent at once; this master may be the one cut off; marking nodes down at most {rate}/s"
+        );
+        candidates.truncate(allowed);
+        budget.0 -= candidates.len() as f64;
+        candidates
+    }
+}
