@@ -1,11 +1,13 @@
 //! The cluster in memory, and transactions over it.
 //!
 //! Every change goes through a [`Txn`]: an overlay that reads through to the
-//! [`Cluster`] and stages writes. The staged changes become one store
-//! [`Batch`]; only once the store has acknowledged it are they applied to the
-//! `Cluster` ([`Cluster::apply`]). A failed commit leaves memory and store
-//! exactly as they were: bad input or an unavailable store never leaves a
-//! partial write behind.
+//! [`Cluster`] and stages writes. Bad input is refused before anything is
+//! staged, so it never leaves a partial write behind. The staged changes are
+//! applied to the `Cluster` at once ([`Cluster::apply`]), sharing their
+//! records with it, and the committer turns them into a store [`Batch`];
+//! the writer acknowledges only once that batch is stored, and a failed
+//! commit makes the master reload the cluster from the store (see
+//! `core::committer`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
