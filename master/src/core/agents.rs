@@ -1,7 +1,21 @@
 //! The agent protocol: register, heartbeat, and long polls answered from
 //! each node's feed of assignment versions.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
+
+use drover_api::protocol::{
+    task_env, AllocUpdate, Assignment, HeartbeatRequest, HeartbeatResponse, PollResponse,
+    RegisterRequest, RegisterResponse,
+};
+use drover_api::{AllocId, JobType, NodeId, TaskState};
+use tokio::sync::watch;
+
+use crate::lifecycle;
+use crate::model::{AllocRecord, NodeRecord, TaskRecord};
+use crate::state::{Cluster, Txn};
+
+use super::{CommitError, Master};
 
 /// The allocs a write changed, by node (a node whose record alone changed
 /// has none).

@@ -1,6 +1,16 @@
 //! Staging writes and storing them in groups (group commit), in order.
 
-use super::*;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::{Duration, Instant as StdInstant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::state::{Changes, Cluster};
+use crate::store::{Batch, Op, StoreError};
+
+use super::{CommitError, Master, Touched};
 
 /// A write applied in memory and queued for the store.
 #[derive(Debug)]

@@ -1,6 +1,17 @@
 //! Liveness: nodes whose heartbeats stop are suspect, then down.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_api::NodeId;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::lifecycle;
+use crate::model::NodeLive;
+use crate::state::Txn;
+
+use super::{CommitError, Master};
 
 impl Master {
     /// Checks heartbeats every half interval until `shutdown`.

@@ -6,30 +6,22 @@
 //! holds what they share: the [`Master`] itself, its settings and opening,
 //! and the operator actions that fit none of them.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Bound::{Excluded, Included, Unbounded};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant as StdInstant};
 
-use drover_api::protocol::{
-    task_env, AllocUpdate, Assignment, HeartbeatRequest, HeartbeatResponse, PollResponse,
-    RegisterRequest, RegisterResponse,
-};
-use drover_api::{AllocId, JobId, JobType, NodeId, PolicyKind, TaskId, TaskState};
-use scheduler_policies::{
-    nominated, registry, ClusterView, Decision, Demand, Nominated, Policy, TaskRequest,
-};
-use tokio::sync::{mpsc, oneshot, watch, Mutex, MutexGuard, Notify};
+use drover_api::{NodeId, PolicyKind};
+use scheduler_policies::Policy;
+use tokio::sync::{mpsc, watch, Mutex, MutexGuard, Notify};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::lifecycle::{self, KillCause};
+use crate::lifecycle;
 use crate::metrics::Metrics;
-use crate::model::{AllocRecord, Drain, NodeLive, NodeRecord, Nomination, TaskRecord};
-use crate::state::{Changes, Cluster, Txn};
-use crate::store::{Batch, Op, Store, StoreError};
-use crate::view::{build_view, demand_of, task_request, Capacity};
+use crate::model::{Drain, NodeRecord};
+use crate::state::{Cluster, Txn};
+use crate::store::{Store, StoreError};
 
 mod agents;
 mod committer;

@@ -1,7 +1,23 @@
 //! The scheduling pass: the waiting tasks a pass examines, the policies
 //! over a view of the cluster, and the placements staged in one write.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Included, Unbounded};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use drover_api::{JobId, NodeId, PolicyKind, TaskId};
+use scheduler_policies::{
+    nominated, registry, ClusterView, Decision, Demand, Nominated, TaskRequest,
+};
+use tokio::sync::watch;
+
+use crate::lifecycle::{self, KillCause};
+use crate::model::Nomination;
+use crate::state::Txn;
+use crate::view::{build_view, demand_of, task_request, Capacity};
+
+use super::{CommitError, Master};
 
 impl Master {
     /// Asks the scheduler loop for a pass soon.
