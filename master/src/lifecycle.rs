@@ -189,7 +189,7 @@ pub fn place(
     policy: &str,
     now_ms: u64,
 ) -> Option<AllocId> {
-    let job = txn.job(&task_id.job)?.clone();
+    let job = txn.job_shared(&task_id.job)?;
     let task = txn.task_mut(task_id)?;
     if task.state != TaskState::Pending {
         return None;
