@@ -23,6 +23,8 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub scheduling_latency: Histogram,
     pub pass_duration: Histogram,
+    pub apply_duration: Histogram,
+    pub stale_placements: IntCounter,
     pub examined: IntCounter,
     pub placements: IntCounterVec,
     pub preemptions: IntCounter,
@@ -117,6 +119,13 @@ impl Metrics {
         )
         .expect("static");
         r.register(Box::new(http_requests.clone())).expect("once");
+        let stale_placements = IntCounter::new(
+            "drover_schedule_stale_placements_total",
+            "Placements a pass decided on its snapshot but did not apply, because the cluster had changed meanwhile (the task waits for the next pass)",
+        )
+        .expect("static");
+        r.register(Box::new(stale_placements.clone()))
+            .expect("once");
         let store_bytes = IntGauge::new(
             "drover_store_file_bytes",
             "Bytes the store takes on disk (the embedded store's file, or the etcd member's database)",
@@ -160,6 +169,13 @@ impl Metrics {
                 "Duration of one scheduling pass, in seconds",
                 latency_buckets(),
             ),
+            apply_duration: histogram(
+                &r,
+                "drover_schedule_apply_duration_seconds",
+                "Time a scheduling pass holds the cluster lock to apply its decisions, in seconds",
+                latency_buckets(),
+            ),
+            stale_placements,
             examined,
             placements: counter_vec(&r, "drover_placements_total", "Tasks placed, by policy", &["policy"]),
             preemptions,
