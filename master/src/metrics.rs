@@ -23,7 +23,7 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub scheduling_latency: Histogram,
     pub pass_duration: Histogram,
-    pub apply_duration: Histogram,
+    pub pass_lock: HistogramVec,
     pub stale_placements: IntCounter,
     pub examined: IntCounter,
     pub placements: IntCounterVec,
@@ -169,10 +169,11 @@ impl Metrics {
                 "Duration of one scheduling pass, in seconds",
                 latency_buckets(),
             ),
-            apply_duration: histogram(
+            pass_lock: histogram_vec(
                 &r,
-                "drover_schedule_apply_duration_seconds",
-                "Time a scheduling pass holds the cluster lock to apply its decisions, in seconds",
+                "drover_schedule_lock_seconds",
+                "Time a scheduling pass holds the cluster lock, by phase (snapshot: the waiting tasks and the cluster view; apply: the decisions, checked again), in seconds",
+                "phase",
                 latency_buckets(),
             ),
             stale_placements,
@@ -212,6 +213,9 @@ impl Metrics {
         }
         for reason in RESCHEDULE_REASONS {
             m.reschedules.with_label_values(&[reason]);
+        }
+        for phase in ["snapshot", "apply"] {
+            m.pass_lock.with_label_values(&[phase]);
         }
         m
     }

@@ -68,7 +68,14 @@ impl Master {
             if cluster.pending.is_empty() {
                 return None;
             }
-            self.snapshot(&cluster)
+            let locked = StdInstant::now();
+            let snapshot = self.snapshot(&cluster);
+            drop(cluster);
+            self.metrics
+                .pass_lock
+                .with_label_values(&["snapshot"])
+                .observe(locked.elapsed().as_secs_f64());
+            snapshot
         };
         Some(self.decide(snapshot, started))
     }
@@ -356,7 +363,10 @@ impl Master {
         let waiting = cluster.pending.len();
         drop(cluster);
         let held = locked.elapsed();
-        self.metrics.apply_duration.observe(held.as_secs_f64());
+        self.metrics
+            .pass_lock
+            .with_label_values(&["apply"])
+            .observe(held.as_secs_f64());
         if stale > 0 {
             // The cluster moved under the plan: try those tasks again soon.
             self.metrics.stale_placements.inc_by(stale);
