@@ -172,8 +172,8 @@ impl Metrics {
             pass_lock: histogram_vec(
                 &r,
                 "drover_schedule_lock_seconds",
-                "Time a scheduling pass holds the cluster lock, by phase (snapshot: the waiting tasks and the cluster view; apply: the decisions, checked again), in seconds",
-                "phase",
+                "Time a scheduling pass holds the cluster lock, by step (snapshot: the waiting tasks and the cluster view; apply: the decisions, checked again), in seconds",
+                "op",
                 latency_buckets(),
             ),
             stale_placements,
