@@ -23,8 +23,6 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub scheduling_latency: Histogram,
     pub pass_duration: Histogram,
-    pub pass_lock: HistogramVec,
-    pub stale_placements: IntCounter,
     pub examined: IntCounter,
     pub placements: IntCounterVec,
     pub preemptions: IntCounter,
@@ -119,13 +117,6 @@ impl Metrics {
         )
         .expect("static");
         r.register(Box::new(http_requests.clone())).expect("once");
-        let stale_placements = IntCounter::new(
-            "drover_schedule_stale_placements_total",
-            "Placements a pass decided on its snapshot but did not apply, because the cluster had changed meanwhile (the task waits for the next pass)",
-        )
-        .expect("static");
-        r.register(Box::new(stale_placements.clone()))
-            .expect("once");
         let store_bytes = IntGauge::new(
             "drover_store_file_bytes",
             "Bytes the store takes on disk (the embedded store's file, or the etcd member's database)",
@@ -169,14 +160,6 @@ impl Metrics {
                 "Duration of one scheduling pass, in seconds",
                 latency_buckets(),
             ),
-            pass_lock: histogram_vec(
-                &r,
-                "drover_schedule_lock_seconds",
-                "Time a scheduling pass holds the cluster lock, by step (snapshot: the waiting tasks and the cluster view; apply: the decisions, checked again), in seconds",
-                "op",
-                latency_buckets(),
-            ),
-            stale_placements,
             examined,
             placements: counter_vec(&r, "drover_placements_total", "Tasks placed, by policy", &["policy"]),
             preemptions,
@@ -213,9 +196,6 @@ impl Metrics {
         }
         for reason in RESCHEDULE_REASONS {
             m.reschedules.with_label_values(&[reason]);
-        }
-        for phase in ["snapshot", "apply"] {
-            m.pass_lock.with_label_values(&[phase]);
         }
         m
     }

@@ -818,63 +818,6 @@ async fn a_pass_on_a_full_cluster_examines_one_task_per_waiting_job_until_room_f
 }
 
 #[tokio::test]
-async fn a_pass_decides_without_the_lock_and_applies_only_what_still_fits() {
-    let h = Harness::new().await;
-    h.add_node("n1").await;
-    h.create(&spec("render", 2)).await;
-    // Decided on a snapshot; the cluster is free meanwhile.
-    let plan = h.master.plan_pass().await.expect("tasks wait");
-    let planned: Vec<String> = plan
-        .placements()
-        .iter()
-        .map(|(t, n)| format!("{t}@{n}"))
-        .collect();
-    assert_eq!(planned, ["render/0@n1", "render/1@n1"]);
-    // Before it is applied, the node starts draining: nothing is placed.
-    h.post_json("/v1/nodes/n1/drain", &json!({"enable": true}))
-        .await
-        .expect(200);
-    assert_eq!(h.master.apply_pass(plan).await.unwrap(), 0);
-    let text = h.get("/metrics").await.text();
-    assert_eq!(
-        metric_value(&text, "drover_schedule_stale_placements_total"),
-        Some(2.0),
-        "{text}"
-    );
-    let t = h.get("/v1/tasks/render/0").await.expect(200);
-    assert_eq!(t["state"], "pending", "{t}");
-    assert!(t["attempts"].as_array().is_some_and(Vec::is_empty), "{t}");
-
-    // The node shrinks under a plan: a task that no longer fits waits.
-    h.post_json("/v1/nodes/n1/drain", &json!({"enable": false}))
-        .await
-        .expect(200);
-    h.create(&spec_with(
-        "big",
-        1,
-        json!({"resources": {"cpu": "3", "memory": "1Gi"}, "priority": 90}),
-    ))
-    .await;
-    h.delete("/v1/jobs/render?purge=true").await.expect(200);
-    let plan = h.master.plan_pass().await.expect("a task waits");
-    assert_eq!(plan.placements().len(), 1);
-    let mut smaller = node("n1");
-    smaller.resources.cpu_millis = 2000;
-    h.register(&smaller).await.expect(200);
-    assert_eq!(h.master.apply_pass(plan).await.unwrap(), 0);
-    let t = h.get("/v1/tasks/big/0").await.expect(200);
-    assert_eq!(t["state"], "pending", "{t}");
-    // Back to its size, the next pass places it.
-    h.register(&node("n1")).await.expect(200);
-    assert_eq!(h.schedule().await, 1);
-    let text = h.get("/metrics").await.text();
-    assert_eq!(
-        metric_value(&text, "drover_schedule_stale_placements_total"),
-        Some(3.0)
-    );
-}
-
-#[tokio::test]
 async fn deleting_a_job_stops_it_and_kills_its_live_allocs() {
     let h = Harness::new().await;
     h.add_node("n1").await;

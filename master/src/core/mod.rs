@@ -31,7 +31,6 @@ mod scheduler;
 use agents::{feed_base, Feed, Touched};
 pub use committer::Durable;
 use committer::{run_committer, Staged};
-pub use scheduler::PassPlan;
 
 /// Runtime parameters of the master (from its config file and flags).
 #[derive(Debug, Clone)]
