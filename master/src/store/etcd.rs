@@ -370,7 +370,7 @@ impl EtcdStore {
                 Ok(Ok(response)) => response,
                 Ok(Err(e)) => {
                     let text = e.to_string();
-                    if text.contains("required revision has been compacted") {
+                    if compacted_away(&text) {
                         return Err(LoadError::Compacted(self.failed("load", &e)));
                     }
                     if text.contains("message length too large") && page > 1 {
@@ -830,12 +830,7 @@ impl Store for EtcdStore {
         {
             Ok(_) => {}
             // Someone (etcd's own auto-compaction) got there first.
-            Err(e)
-                if e.to_string()
-                    .contains("required revision has been compacted") =>
-            {
-                return Ok(false)
-            }
+            Err(e) if compacted_away(&e.to_string()) => return Ok(false),
             Err(e) => return Err(e),
         }
         tracing::info!(
@@ -846,6 +841,11 @@ impl Store for EtcdStore {
         );
         Ok(true)
     }
+}
+
+/// etcd's answer to a request for a revision it has compacted away.
+fn compacted_away(message: &str) -> bool {
+    message.contains("required revision has been compacted")
 }
 
 /// The TLS settings the options ask for, if any: a CA for the servers and a
