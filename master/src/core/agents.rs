@@ -21,14 +21,33 @@ use super::{CommitError, Master};
 /// has none).
 pub(super) type Touched = BTreeMap<NodeId, BTreeSet<AllocId>>;
 
-/// A random start for this master's node versions, far from 0 (an agent
-/// that knows nothing) and from overflow.
-pub(super) fn feed_base() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (random >> 2).max(1 << 32)
+/// Every node's feed, all starting at this master's base.
+#[derive(Debug)]
+pub(super) struct Feeds {
+    base: u64,
+    by_node: BTreeMap<NodeId, Feed>,
+}
+
+impl Feeds {
+    /// Feeds whose versions start at a random base, far from 0 (an agent
+    /// that knows nothing) and from overflow (see [`Feed::new`]).
+    pub(super) fn new() -> Feeds {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Feeds {
+            base: (random >> 2).max(1 << 32),
+            by_node: BTreeMap::new(),
+        }
+    }
+
+    fn of(&mut self, node: &NodeId) -> &mut Feed {
+        let base = self.base;
+        self.by_node
+            .entry(node.clone())
+            .or_insert_with(|| Feed::new(base))
+    }
 }
 
 /// How many versions back a node's feed remembers what changed: an agent
@@ -40,7 +59,7 @@ const FEED_DEPTH: usize = 32;
 /// allocs each of its recent versions changed, from which a poll that knows
 /// an earlier version is answered with what changed since.
 #[derive(Debug)]
-pub(super) struct Feed {
+struct Feed {
     version: watch::Sender<u64>,
     recent: VecDeque<(u64, BTreeSet<AllocId>)>,
 }
@@ -83,9 +102,7 @@ impl Master {
     pub(super) fn bump_nodes(&self, touched: Touched, forget: bool) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         for (node, allocs) in touched {
-            let feed = feeds
-                .entry(node)
-                .or_insert_with(|| Feed::new(self.feed_base));
+            let feed = feeds.of(&node);
             if forget {
                 feed.recent.clear();
             }
@@ -103,11 +120,7 @@ impl Master {
     /// node's live allocs do.
     pub fn node_version(&self, node: &NodeId) -> watch::Receiver<u64> {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        feeds
-            .entry(node.clone())
-            .or_insert_with(|| Feed::new(self.feed_base))
-            .version
-            .subscribe()
+        feeds.of(node).version.subscribe()
     }
 
     fn interval_ms(&self) -> u64 {
@@ -268,9 +281,7 @@ impl Master {
     ) -> PollResponse {
         let (version, changed) = {
             let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-            let feed = feeds
-                .entry(node.clone())
-                .or_insert_with(|| Feed::new(self.feed_base));
+            let feed = feeds.of(node);
             let version = *feed.version.borrow();
             (version, known.and_then(|k| feed.changed_since(k)))
         };

@@ -28,7 +28,7 @@ mod committer;
 mod liveness;
 mod scheduler;
 
-use agents::{feed_base, Feed, Touched};
+use agents::{Feeds, Touched};
 pub use committer::Durable;
 use committer::{run_committer, Staged};
 
@@ -90,9 +90,7 @@ pub struct Master {
     /// Heartbeat receive times, by the master's monotonic clock.
     last_seen: std::sync::Mutex<BTreeMap<NodeId, Instant>>,
     /// Each node's assignment version and what its recent versions changed.
-    feeds: std::sync::Mutex<BTreeMap<NodeId, Feed>>,
-    /// Where this master's feeds start (see [`Feed::new`]).
-    feed_base: u64,
+    feeds: std::sync::Mutex<Feeds>,
     policies: std::sync::Mutex<BTreeMap<PolicyKind, Box<dyn Policy>>>,
     wake: Notify,
     /// Token bucket for marking nodes down during a mass silence.
@@ -158,8 +156,7 @@ impl Master {
                 store,
                 cluster: Mutex::new(cluster),
                 last_seen: std::sync::Mutex::new(last_seen),
-                feeds: std::sync::Mutex::new(BTreeMap::new()),
-                feed_base: feed_base(),
+                feeds: std::sync::Mutex::new(Feeds::new()),
                 policies: std::sync::Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
                 down_budget: std::sync::Mutex::new((0.0, now)),
