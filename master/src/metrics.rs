@@ -35,19 +35,26 @@ pub struct Metrics {
     pub store_compactions: IntCounter,
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), &[label]).expect("static metric definition");
-    r.register(Box::new(g.clone()))
+/// Registers `m` with `r` and hands it back.
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone()))
         .expect("metric registered once");
-    g
+    m
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> GaugeVec {
+    register(
+        r,
+        GaugeVec::new(Opts::new(name, help), &[label]).expect("static metric definition"),
+    )
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("static metric definition");
-    r.register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    register(
+        r,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("static metric definition"),
+    )
 }
 
 fn histogram_vec(
@@ -57,18 +64,18 @@ fn histogram_vec(
     label: &str,
     buckets: Vec<f64>,
 ) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &[label])
-        .expect("static metric definition");
-    r.register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    register(
+        r,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &[label])
+            .expect("static metric definition"),
+    )
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"),
+    )
 }
 
 /// The `reason` values of `drover_task_reschedules_total`: `restart` (the
@@ -84,52 +91,58 @@ fn latency_buckets() -> Vec<f64> {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let queue_depth =
-            Gauge::new("drover_queue_depth", "Tasks waiting to be placed").expect("static");
-        r.register(Box::new(queue_depth.clone())).expect("once");
-        let is_leader = Gauge::new("drover_is_leader", "1 if this master is the leader, else 0")
-            .expect("static");
-        r.register(Box::new(is_leader.clone())).expect("once");
-        let preemptions = IntCounter::new(
-            "drover_preemptions_total",
-            "Allocations evicted for higher-priority tasks",
-        )
-        .expect("static");
-        r.register(Box::new(preemptions.clone())).expect("once");
-        let node_failures = IntCounter::new(
-            "drover_node_failures_total",
-            "Nodes declared down (no heartbeat within node_timeout)",
-        )
-        .expect("static");
-        r.register(Box::new(node_failures.clone())).expect("once");
-        let examined = IntCounter::new(
+        let queue_depth = register(
+            &r,
+            Gauge::new("drover_queue_depth", "Tasks waiting to be placed").expect("static"),
+        );
+        let is_leader = register(
+            &r,
+            Gauge::new("drover_is_leader", "1 if this master is the leader, else 0")
+                .expect("static"),
+        );
+        let preemptions = register(
+            &r,
+            IntCounter::new(
+                "drover_preemptions_total",
+                "Allocations evicted for higher-priority tasks",
+            )
+            .expect("static"),
+        );
+        let node_failures = register(
+            &r,
+            IntCounter::new(
+                "drover_node_failures_total",
+                "Nodes declared down (no heartbeat within node_timeout)",
+            )
+            .expect("static"),
+        );
+        let examined = register(&r, IntCounter::new(
             "drover_schedule_examined_tasks_total",
             "Waiting tasks the scheduling passes handed to a policy (a pass examines what it may place, plus one per waiting job)",
-        )
-        .expect("static");
-        r.register(Box::new(examined.clone())).expect("once");
-        let http_requests = CounterVec::new(
-            Opts::new(
-                "drover_http_requests_total",
-                "HTTP requests by route and status code",
-            ),
-            &["route", "code"],
-        )
-        .expect("static");
-        r.register(Box::new(http_requests.clone())).expect("once");
-        let store_bytes = IntGauge::new(
+        ).expect("static"));
+        let http_requests = register(
+            &r,
+            CounterVec::new(
+                Opts::new(
+                    "drover_http_requests_total",
+                    "HTTP requests by route and status code",
+                ),
+                &["route", "code"],
+            )
+            .expect("static"),
+        );
+        let store_bytes = register(&r, IntGauge::new(
             "drover_store_file_bytes",
             "Bytes the store takes on disk (the embedded store's file, or the etcd member's database)",
-        )
-        .expect("static");
-        r.register(Box::new(store_bytes.clone())).expect("once");
-        let store_compactions = IntCounter::new(
-            "drover_store_compactions_total",
-            "Store compactions run (after store.compact_after_deletes deleted keys)",
-        )
-        .expect("static");
-        r.register(Box::new(store_compactions.clone()))
-            .expect("once");
+        ).expect("static"));
+        let store_compactions = register(
+            &r,
+            IntCounter::new(
+                "drover_store_compactions_total",
+                "Store compactions run (after store.compact_after_deletes deleted keys)",
+            )
+            .expect("static"),
+        );
         let m = Metrics {
             nodes: gauge_vec(&r, "drover_nodes", "Nodes by state", "state"),
             jobs: gauge_vec(&r, "drover_jobs", "Jobs by state", "state"),
