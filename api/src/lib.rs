@@ -6,9 +6,12 @@
 pub mod client;
 pub mod config;
 pub mod ids;
+pub mod openapi;
 pub mod policy;
 pub mod protocol;
 pub mod quantity;
+pub mod routes;
+mod schema;
 pub mod spec;
 pub mod state;
 pub mod views;

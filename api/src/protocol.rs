@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AllocId, NodeId};
@@ -25,7 +26,7 @@ pub const HEARTBEAT_PATH: &str = "/v1/agent/heartbeat";
 pub const POLL_PATH: &str = "/v1/agent/poll";
 
 /// One GPU as the agent found it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct GpuDevice {
     /// The device index, as `CUDA_VISIBLE_DEVICES` counts.
     pub index: u32,
@@ -36,7 +37,7 @@ pub struct GpuDevice {
 }
 
 /// A node's total capacity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub struct NodeResources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -45,7 +46,7 @@ pub struct NodeResources {
 }
 
 /// Capacity kept back for the system and the agent itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Reserved {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -53,7 +54,7 @@ pub struct Reserved {
 
 /// `POST /v1/agent/register`: sent on every agent start and whenever the
 /// master asks for it ([`HeartbeatResponse::reregister`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RegisterRequest {
     /// The id kept in the agent's data dir; `None` on a node's first start
     /// (the master picks one).
@@ -79,7 +80,7 @@ pub struct RegisterRequest {
     pub running_allocs: Vec<AllocId>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RegisterResponse {
     /// The node's id; the agent keeps it.
     pub node_id: NodeId,
@@ -91,7 +92,7 @@ pub struct RegisterResponse {
 }
 
 /// Free resources as the agent sees them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Offer {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -101,14 +102,14 @@ pub struct Offer {
 }
 
 /// Live usage of one allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub struct AllocUsage {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
 }
 
 /// Live usage of the whole node and of each allocation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub struct NodeUsage {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -117,7 +118,7 @@ pub struct NodeUsage {
 }
 
 /// An allocation changed state on the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct AllocUpdate {
     pub alloc: AllocId,
     pub state: AllocState,
@@ -134,7 +135,7 @@ pub struct AllocUpdate {
 }
 
 /// `POST /v1/agent/heartbeat`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HeartbeatRequest {
     pub node_id: NodeId,
     pub offer: Offer,
@@ -144,7 +145,7 @@ pub struct HeartbeatRequest {
     pub updates: Vec<AllocUpdate>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct HeartbeatResponse {
     pub heartbeat_interval_ms: u64,
     /// The master does not know this node (e.g. it was declared down and
@@ -154,7 +155,7 @@ pub struct HeartbeatResponse {
 }
 
 /// `POST /v1/agent/poll`: a long poll for the node's desired allocations.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct PollRequest {
     pub node_id: NodeId,
     /// The `version` of the last [`PollResponse`] acted upon; 0 at start.
@@ -168,7 +169,7 @@ pub struct PollRequest {
 
 /// The node's desired allocations: all of them, or what changed since the
 /// poll's `known_version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PollResponse {
     pub version: u64,
     /// `true`: `allocs` is the whole set. Anything the agent runs that is
@@ -229,7 +230,7 @@ impl Desired {
 }
 
 /// One allocation to run, with everything the agent needs to launch it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Assignment {
     pub alloc: AllocId,
     pub job_type: JobType,

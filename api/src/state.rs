@@ -18,6 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Why a string is not a state name.
@@ -37,7 +38,7 @@ macro_rules! state_enum {
         }
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant),*
@@ -221,7 +222,7 @@ impl JobState {
 
 /// One entry in the history of a task, an allocation or a job: the state
 /// entered, why, and when (milliseconds since the Unix epoch, master clock).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub struct Transition<S> {
     pub state: S,
     /// Short and human: "submitted", "placed on node-3", "exit code 1",

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{NodeResources, Reserved};
@@ -17,7 +18,7 @@ use crate::{
 };
 
 /// `GET /v1/jobs/{id}` and the items of `GET /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobView {
     pub id: JobId,
     pub version: u64,
@@ -48,7 +49,7 @@ impl JobView {
 }
 
 /// What a submission did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SubmitOutcome {
     /// A new job (201).
@@ -60,7 +61,7 @@ pub enum SubmitOutcome {
 }
 
 /// `POST /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmitAnswer {
     #[serde(flatten)]
     pub job: JobView,
@@ -68,7 +69,7 @@ pub struct SubmitAnswer {
 }
 
 /// `DELETE /v1/jobs/{id}`: the stopped job, or a note that it was purged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum StopAnswer {
     Stopped(Box<JobView>),
@@ -76,7 +77,7 @@ pub enum StopAnswer {
 }
 
 /// One attempt of a task on one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AllocView {
     pub id: AllocId,
     pub node: NodeId,
@@ -94,7 +95,7 @@ pub struct AllocView {
 }
 
 /// `GET /v1/tasks/{job}/{index}` and the items of `GET /v1/jobs/{id}/tasks`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskView {
     pub id: TaskId,
     pub state: TaskState,
@@ -118,7 +119,7 @@ impl TaskView {
 }
 
 /// Amounts of cpu, memory and GPUs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Amounts {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -126,7 +127,7 @@ pub struct Amounts {
 }
 
 /// A node's drain, while one is under way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DrainView {
     pub started_at_ms: u64,
     /// By then every alloc still on the node is stopped and replaced.
@@ -134,7 +135,7 @@ pub struct DrainView {
 }
 
 /// `GET /v1/nodes/{id}` and the items of `GET /v1/nodes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeView {
     pub id: NodeId,
     pub hostname: String,
@@ -167,7 +168,7 @@ pub struct NodeView {
 }
 
 /// `GET /v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterSummary {
     /// Node counts by state (every state present, zeros included).
     pub nodes: BTreeMap<String, u64>,
@@ -184,45 +185,45 @@ pub struct ClusterSummary {
 }
 
 /// `POST /v1/jobs/plan`: what submitting the spec now would do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanAnswer {
     pub placements: Vec<PlannedPlacement>,
     pub preemptions: Vec<PlannedPreemption>,
     pub waiting: Vec<PlannedWait>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlannedPlacement {
     pub task: TaskId,
     pub node: NodeId,
     pub gpus: Vec<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlannedPreemption {
     pub victim: AllocId,
     pub for_task: TaskId,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlannedWait {
     pub task: TaskId,
     pub reason: String,
 }
 
 /// `GET /v1/status/leader`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LeaderView {
     pub leader: String,
 }
 
 /// The body of every error answer: `{"error": {...}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
     /// Machine-readable: `invalid_spec`, `not_found`, `unavailable`...
     pub code: String,
@@ -233,9 +234,89 @@ pub struct ErrorDetail {
     pub fields: Vec<FieldProblem>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FieldProblem {
     /// e.g. `resources.memory`.
     pub path: String,
     pub message: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HealthView {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReadyView {
+    pub ready: bool,
+    /// `leader` or `follower`.
+    pub role: String,
+    /// On a follower: the leader's address, once one is elected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+/// The query of `GET /v1/jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    /// Only jobs in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+}
+
+/// The query of `DELETE /v1/jobs/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopQuery {
+    /// Delete the job and its history instead of keeping it as `stopped`.
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// Which output of a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub const fn name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The query of `GET /v1/tasks/{job}/{index}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub stream: LogStream,
+    /// Skip this many bytes.
+    #[serde(default)]
+    pub offset: u64,
+    /// Keep the answer open and stream new output until the task ends.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// `POST /v1/nodes/{id}/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Start (true) or end (false) the drain.
+    pub enable: bool,
+    /// How long the node's allocs have to finish before they are stopped
+    /// and replaced, as `"30m"` or `"1h 30m"`. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
 }

@@ -10,58 +10,8 @@
 //! told `--insecure`.
 
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
-/// What a token may do. Ordered: a role grants everything the lower ones do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// `GET` routes: jobs, tasks, logs, nodes, cluster.
-    Reader,
-    /// Reader, plus submitting, planning and stopping jobs.
-    Submitter,
-    /// Everything, including draining nodes.
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Reader, Role::Submitter, Role::Admin];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::Submitter => "submitter",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Whether a token with this role may do what `needed` allows.
-    pub fn grants(self, needed: Role) -> bool {
-        self >= needed
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a role: use one of reader, submitter, admin")]
-pub struct UnknownRole(pub String);
-
-impl FromStr for Role {
-    type Err = UnknownRole;
-    fn from_str(s: &str) -> Result<Self, UnknownRole> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.name() == s)
-            .ok_or_else(|| UnknownRole(s.to_string()))
-    }
-}
+pub use drover_api::routes::{Role, UnknownRole};
 
 /// Why a request was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -22,7 +22,7 @@ use crate::auth::Auth;
 use crate::clock::Clock;
 use crate::core::{Master, Settings};
 use crate::metrics::Metrics;
-use crate::role::{Front, Role};
+use crate::role::{Front, Serving};
 use crate::server::{serve, Term};
 use crate::store::{EtcdStore, Leadership, Store};
 
@@ -53,7 +53,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let metrics = Metrics::new();
-    let (role_tx, role_rx) = watch::channel(Role::Follower { leader: None });
+    let (role_tx, role_rx) = watch::channel(Serving::Follower { leader: None });
     let role_tx = Arc::new(role_tx);
     let front = Front::new(
         role_rx,
@@ -86,7 +86,7 @@ pub async fn run(
             tracing::warn!("leadership lost while loading the cluster; campaigning again");
             continue;
         };
-        role_tx.send_replace(Role::Leader(Arc::clone(&master)));
+        role_tx.send_replace(Serving::Leader(Arc::clone(&master)));
         metrics.is_leader.set(1.0);
         tracing::info!(candidate = %candidate.advertise, "leader: serving and scheduling");
         let term = Term::begin(master);
@@ -96,7 +96,7 @@ pub async fn run(
         };
         // Requests from here on are turned away before the loops stop; any
         // still in flight find their writes refused by the fence.
-        role_tx.send_replace(Role::Follower { leader: None });
+        role_tx.send_replace(Serving::Follower { leader: None });
         metrics.is_leader.set(0.0);
         term.end().await;
         if shutting_down {
@@ -185,12 +185,12 @@ async fn resign(leadership: Leadership) {
 }
 
 /// Keeps a follower's idea of who leads fresh, for its 503 answers.
-async fn follow_leader(etcd: EtcdStore, role: Arc<watch::Sender<Role>>) {
+async fn follow_leader(etcd: EtcdStore, role: Arc<watch::Sender<Serving>>) {
     loop {
-        if matches!(*role.borrow(), Role::Follower { .. }) {
+        if matches!(*role.borrow(), Serving::Follower { .. }) {
             let leader = etcd.leader().await.ok().flatten();
             role.send_if_modified(|r| match r {
-                Role::Follower { leader: known } if *known != leader => {
+                Serving::Follower { leader: known } if *known != leader => {
                     *known = leader;
                     true
                 }

@@ -9,34 +9,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use drover_api::views::LogQuery;
 use drover_api::AllocId;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, BodyStream, Empty};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use warp::Reply;
-
-/// Query of the logs route.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogQuery {
-    #[serde(default = "stdout")]
-    pub stream: String,
-    #[serde(default)]
-    pub offset: u64,
-    #[serde(default)]
-    pub follow: bool,
-}
-
-fn stdout() -> String {
-    "stdout".to_string()
-}
 
 /// Why logs could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("stream: {0:?} is not stdout or stderr")]
-    BadStream(String),
     #[error("the agent at {addr} did not answer: {reason}")]
     Unreachable { addr: String, reason: String },
     #[error("the agent has no logs for {0}")]
@@ -52,9 +34,6 @@ pub async fn proxy(
     alloc: &AllocId,
     q: &LogQuery,
 ) -> Result<warp::reply::Response, LogError> {
-    if q.stream != "stdout" && q.stream != "stderr" {
-        return Err(LogError::BadStream(q.stream.clone()));
-    }
     let unreachable = |reason: String| LogError::Unreachable {
         addr: log_addr.to_string(),
         reason,
@@ -76,7 +55,9 @@ pub async fn proxy(
     });
     let uri = format!(
         "/v1/allocs/{alloc}/logs?stream={}&offset={}&follow={}",
-        q.stream, q.offset, q.follow
+        q.stream.name(),
+        q.offset,
+        q.follow
     );
     let req = hyper::Request::get(uri)
         .header("host", log_addr)

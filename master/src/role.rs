@@ -1,7 +1,7 @@
 //! What a master process answers as, moment to moment. With the embedded
 //! store it is always the leader. With etcd it starts as a follower, may be
 //! elected, and goes back to following when it loses its lease (DESIGN §7);
-//! the HTTP front reads the current [`Role`] on every request, so the
+//! the HTTP front reads the current [`Serving`] on every request, so the
 //! listening socket, and `/healthz`, `/readyz` and `/metrics`, stay up
 //! through every change of office.
 
@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 
 /// This process's part in the cluster.
 #[derive(Debug, Clone)]
-pub enum Role {
+pub enum Serving {
     /// Serves the API from this master's state, and schedules.
     Leader(Arc<Master>),
     /// Serves no cluster state: the API answers 503 with `Retry-After` and
@@ -27,7 +27,7 @@ pub enum Role {
 /// outlives a term of office (metrics, limits, this master's address).
 #[derive(Debug, Clone)]
 pub struct Front {
-    role: watch::Receiver<Role>,
+    role: watch::Receiver<Serving>,
     /// The process's metrics: a new term keeps counting where the last one
     /// stopped, and a follower still reports `drover_is_leader 0`. Behind
     /// an `Arc` because the routes are cloned for every connection.
@@ -41,7 +41,7 @@ pub struct Front {
 impl Front {
     /// A front whose role is whatever `role` holds.
     pub fn new(
-        role: watch::Receiver<Role>,
+        role: watch::Receiver<Serving>,
         metrics: Metrics,
         max_body_bytes: u64,
         advertise: String,
@@ -59,12 +59,12 @@ impl Front {
         let metrics = master.metrics.clone();
         let limit = master.settings.max_body_bytes;
         // A receiver keeps the last value after its sender is gone.
-        let (_, role) = watch::channel(Role::Leader(master));
+        let (_, role) = watch::channel(Serving::Leader(master));
         Front::new(role, metrics, limit, advertise)
     }
 
     /// The role right now.
-    pub fn role(&self) -> Role {
+    pub fn serving(&self) -> Serving {
         self.role.borrow().clone()
     }
 }

@@ -24,11 +24,13 @@ use crate::state::{Cluster, Txn};
 use crate::store::{Store, StoreError};
 
 mod agents;
+mod api;
 mod committer;
 mod liveness;
 mod scheduler;
 
 use agents::{Feeds, Touched};
+pub use api::LogSourceError;
 pub use committer::Durable;
 use committer::{run_committer, Staged};
 

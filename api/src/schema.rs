@@ -1,0 +1,233 @@
+//! JSON Schemas of the types whose serde form is written by hand (ids,
+//! quantities, reasons, the job spec), for the OpenAPI document
+//! ([`crate::openapi`]). The derived types get theirs from `#[derive(JsonSchema)]`.
+//!
+//! These schemas describe what the parsers accept: each is as strict as the
+//! parser where JSON Schema can say it (patterns, ranges, lengths), and
+//! looser where it cannot (rules across fields, capacity). The validator's
+//! 400 with `fields[].path` remains the authority.
+
+use std::borrow::Cow;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+
+use crate::ids::{AllocId, JobId, NodeId, TaskId, MAX_JOB_NAME_LEN, MAX_NODE_ID_LEN};
+use crate::quantity::{Cpu, Memory};
+use crate::spec::{
+    JobSpec, MAX_ARG_BYTES, MAX_COMMAND_ARGS, MAX_ENV_VARS, MAX_GPUS_PER_TASK, MAX_LABELS,
+    MAX_LABEL_BYTES, MAX_RESTART_ATTEMPTS, MAX_TASKS,
+};
+use crate::state::Reason;
+
+/// A job name, as a regular expression.
+const JOB: &str = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
+/// A task index or an attempt: a decimal without leading zeros.
+const INDEX: &str = "(?:0|[1-9][0-9]{0,9})";
+const ATTEMPT: &str = "[1-9][0-9]{0,9}";
+
+/// A string with a pattern and a description.
+fn string(pattern: String, description: &str) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": pattern,
+        "description": description,
+    })
+}
+
+macro_rules! string_schema {
+    ($ty:ty, $name:literal, $schema:expr) => {
+        impl JsonSchema for $ty {
+            fn schema_name() -> Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                $schema
+            }
+        }
+    };
+}
+
+string_schema!(
+    JobId,
+    "JobId",
+    json_schema!({
+        "type": "string",
+        "pattern": format!("^{JOB}$"),
+        "maxLength": MAX_JOB_NAME_LEN,
+        "description": "A job's name: 1 to 63 of [a-z0-9-], starting and ending with a letter or digit.",
+    })
+);
+string_schema!(
+    TaskId,
+    "TaskId",
+    string(
+        format!("^{JOB}/{INDEX}$"),
+        "A task: `<job>/<index>`, indexes from 0."
+    )
+);
+string_schema!(
+    AllocId,
+    "AllocId",
+    string(
+        format!("^{JOB}/{INDEX}/{ATTEMPT}$"),
+        "An attempt of a task on a node: `<job>/<index>/<attempt>`, attempts from 1."
+    )
+);
+string_schema!(
+    NodeId,
+    "NodeId",
+    json_schema!({
+        "type": "string",
+        "pattern": "^[A-Za-z0-9._-]+$",
+        "minLength": 1,
+        "maxLength": MAX_NODE_ID_LEN,
+        "description": "A node's id: 1 to 128 of [A-Za-z0-9._-].",
+    })
+);
+
+impl JsonSchema for Reason {
+    fn schema_name() -> Cow<'static, str> {
+        "Reason".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "Short and human: \"submitted\", \"exit code 1\", \"node node-3 down\".",
+        })
+    }
+}
+
+string_schema!(
+    Cpu,
+    "Cpu",
+    json_schema!({
+        "description": "CPU as cores (`2`, `0.5`) or millicores (`\"500m\"`); more than zero. Answers write the string form.",
+        "type": ["string", "number"],
+        "examples": ["500m", "2"],
+    })
+);
+string_schema!(
+    Memory,
+    "Memory",
+    json_schema!({
+        "description": "A size in bytes, or with a binary (`\"256Mi\"`) or decimal (`\"100M\"`) suffix; more than zero. Answers write the string form.",
+        "type": ["string", "integer"],
+        "examples": ["256Mi", "2Gi"],
+    })
+);
+
+/// A duration as humantime writes and reads it.
+fn duration(description: &str) -> Schema {
+    json_schema!({
+        "type": ["string", "null"],
+        "description": description,
+        "examples": ["1s", "500ms", "1m 30s"],
+    })
+}
+
+/// A mapping of names to text; numbers and booleans are taken as their text.
+fn text_map(description: &str, max: usize, max_bytes: Option<usize>) -> Schema {
+    let mut value = json_schema!({"type": ["string", "number", "boolean"]});
+    if let Some(max_bytes) = max_bytes {
+        value.insert("maxLength".into(), max_bytes.into());
+    }
+    json_schema!({
+        "type": ["object", "null"],
+        "description": description,
+        "maxProperties": max,
+        "additionalProperties": value,
+    })
+}
+
+impl JsonSchema for JobSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "JobSpec".into()
+    }
+
+    fn json_schema(g: &mut SchemaGenerator) -> Schema {
+        let count = json_schema!({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TASKS});
+        json_schema!({
+            "type": "object",
+            "description": "A job as submitted (JSON, or YAML with `Content-Type: application/yaml`). Absent or null fields take their defaults; answers write every field in its canonical form. Rules across fields (`count` or `shards`, `elastic` needs `shards`, GPU model needs a GPU) are checked by the validator, which answers 400 naming each field.",
+            "required": ["name", "command"],
+            "additionalProperties": false,
+            "properties": {
+                "name": g.subschema_for::<JobId>(),
+                "type": {
+                    "type": ["string", "null"],
+                    "enum": ["batch", "service", null],
+                    "description": "`batch` tasks run to completion; `service` tasks are restarted whenever they end. Default batch.",
+                },
+                "priority": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "maximum": 100,
+                    "description": "Higher runs first and, under the priority policy, may preempt. Default 50.",
+                },
+                "policy": {
+                    "type": ["string", "null"],
+                    "enum": ["round-robin", "least-loaded", "priority", "elastic-sharding", null],
+                    "description": "The placement policy; the master's default when absent.",
+                },
+                "count": count.clone(),
+                "shards": count,
+                "elastic": {
+                    "type": ["object", "null"],
+                    "description": "Start when `min` shards can run at once, grow to `max` (at most `shards`).",
+                    "required": ["min", "max"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "min": {"type": "integer", "minimum": 1, "maximum": MAX_TASKS},
+                        "max": {"type": "integer", "minimum": 1, "maximum": MAX_TASKS},
+                    },
+                },
+                "command": {
+                    "type": "array",
+                    "description": "The program and its arguments; no shell.",
+                    "minItems": 1,
+                    "maxItems": MAX_COMMAND_ARGS,
+                    "items": {"type": "string", "maxLength": MAX_ARG_BYTES},
+                },
+                "env": text_map("Extra environment for every task. Names are [A-Za-z_][A-Za-z0-9_]*; DROVER_* and CUDA_VISIBLE_DEVICES are reserved.", MAX_ENV_VARS, None),
+                "resources": {
+                    "type": ["object", "null"],
+                    "description": "What one task needs on its node. Defaults: cpu 100m, memory 64Mi, gpu 0.",
+                    "additionalProperties": false,
+                    "properties": {
+                        "cpu": g.subschema_for::<Cpu>(),
+                        "memory": g.subschema_for::<Memory>(),
+                        "gpu": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_GPUS_PER_TASK},
+                    },
+                },
+                "constraints": {
+                    "type": ["object", "null"],
+                    "description": "Where a task may run.",
+                    "additionalProperties": false,
+                    "properties": {
+                        "labels": text_map("Every label must be present on the node with this value.", MAX_LABELS, Some(MAX_LABEL_BYTES)),
+                        "gpu_model": {
+                            "type": ["string", "null"],
+                            "maxLength": MAX_LABEL_BYTES,
+                            "description": "Only GPUs whose model contains this text (needs resources.gpu >= 1).",
+                        },
+                    },
+                },
+                "restart": {
+                    "type": ["object", "null"],
+                    "description": "How a failed or lost task is retried: `delay * backoff^(n-1)`, at most `max_delay`.",
+                    "additionalProperties": false,
+                    "properties": {
+                        "attempts": {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_RESTART_ATTEMPTS},
+                        "delay": duration("Before the first restart. Default 1s; at most a year."),
+                        "backoff": {"type": ["number", "null"], "minimum": 1, "description": "Default 2."},
+                        "max_delay": duration("Default 5m; at most a year."),
+                    },
+                },
+                "kill_timeout": duration("Between SIGTERM and SIGKILL when a task is stopped; the master's scheduler.kill_grace when absent. At most 1h."),
+            },
+        })
+    }
+}
