@@ -5,7 +5,9 @@
 #
 #   scripts/setup.sh           build: protoc and protobuf's .proto files, a C compiler
 #   scripts/setup.sh --tests   + etcd, Prometheus, systemd tools, dpkg-dev,
-#                                cargo-nextest, cargo-deb, rustfmt, clippy
+#                                cargo-nextest, cargo-deb, rustfmt, clippy,
+#                                and a Python venv with schemathesis and
+#                                openapi-spec-validator (scripts/schemathesis.sh)
 set -euo pipefail
 
 tests=false
@@ -29,6 +31,9 @@ if $tests; then
     # dpkg-shlibdeps for the .deb's Depends.
     command -v systemd-analyze >/dev/null || need_apt+=(systemd)
     command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
+    # The API fuzz run: a venv for schemathesis (Debian splits venv out).
+    command -v python3 >/dev/null || need_apt+=(python3)
+    python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 fi
 
 if ((${#need_apt[@]})); then
@@ -49,6 +54,18 @@ if ! cargo deb --version >/dev/null 2>&1; then
     echo "==> installing cargo-deb"
     cargo install cargo-deb --version 3.8.0 --locked
 fi
+# Pinned, so that a new release cannot change what the fuzz run checks.
+venv="${DROVER_PY_VENV:-$HOME/.cache/drover/py}"
+pins="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
+if [ "$(cat "$venv/.drover-pins" 2>/dev/null)" != "$pins" ]; then
+    echo "==> installing $pins into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install --quiet --disable-pip-version-check $pins
+    echo "$pins" >"$venv/.drover-pins"
+fi
+
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
         rustup component add "$component"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: what a newcomer runs and what CI runs (.ci/run calls
 # this after nothing else). Installs what the tests need when it is missing,
-# then: formatting, clippy, every test, doc tests, and each benchmark once as
-# a smoke test.
+# then: formatting, clippy, every test, doc tests, each benchmark once as a
+# smoke test, and schemathesis over the REST API (scripts/schemathesis.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,9 @@ cargo test -p drover-master --bench submit --locked
 
 step "build every binary (the e2e and CLI tests run the real ones)"
 cargo build --workspace --bins --locked
+
+step "the REST API against its OpenAPI document (schemathesis on drover dev)"
+./scripts/schemathesis.sh
 
 step "release build + Debian package (checked by packaging/tests/deb.rs)"
 DROVER_DEB="$(./scripts/build-deb.sh --fast)"

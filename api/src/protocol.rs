@@ -74,6 +74,7 @@ pub struct RegisterRequest {
     /// The agent's software version.
     pub version: String,
     /// The agent's [`PROTOCOL_VERSION`].
+    #[schemars(range(min = PROTOCOL_VERSION, max = PROTOCOL_VERSION))]
     pub protocol: u32,
     /// Allocations the agent is still running from before.
     #[serde(default)]

@@ -505,8 +505,12 @@ impl Route {
         if !matches!(self.body, Body::None) {
             all.extend([411, 413, 415]);
         }
-        if let Access::Token(_) = self.access {
-            all.extend([401, 403]);
+        if let Access::Token(role) = self.access {
+            all.push(401);
+            // Every token is at least a reader.
+            if role > Role::Reader {
+                all.push(403);
+            }
         }
         if self.leader {
             all.push(503);

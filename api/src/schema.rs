@@ -128,18 +128,42 @@ fn duration(description: &str) -> Schema {
     })
 }
 
+/// Text without NUL bytes (they cannot reach `execve`).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
 /// A mapping of names to text; numbers and booleans are taken as their text.
-fn text_map(description: &str, max: usize, max_bytes: Option<usize>) -> Schema {
-    let mut value = json_schema!({"type": ["string", "number", "boolean"]});
-    if let Some(max_bytes) = max_bytes {
-        value.insert("maxLength".into(), max_bytes.into());
-    }
+fn text_map(description: &str, max: usize, names: Schema, value: Schema) -> Schema {
     json_schema!({
         "type": ["object", "null"],
         "description": description,
         "maxProperties": max,
+        "propertyNames": names,
         "additionalProperties": value,
     })
+}
+
+/// The rules across fields that the validator checks, as far as JSON Schema
+/// can say them. A null field counts as absent, as in the validator.
+fn cross_field_rules() -> serde_json::Value {
+    let int = |field: &str| json_schema!({"properties": {field: {"type": "integer"}}, "required": [field]});
+    let object = |field: &str| json_schema!({"properties": {field: {"type": "object"}}, "required": [field]});
+    serde_json::json!([
+        // count or shards, not both.
+        {"not": {"allOf": [int("count"), int("shards")]}},
+        // elastic bounds shards, and only elastic-sharding places it.
+        {"if": object("elastic"), "then": {
+            "allOf": [int("shards")],
+            "properties": {"policy": {"enum": ["elastic-sharding", null]}},
+        }},
+        {"if": {"properties": {"policy": {"const": "elastic-sharding"}}, "required": ["policy"]},
+         "then": {"allOf": [int("shards"), object("elastic")]}},
+        // Shards run once to success: batch only.
+        {"if": {"properties": {"type": {"const": "service"}}, "required": ["type"]},
+         "then": {"not": int("shards")}},
+        // A GPU model constrains GPUs the task asks for.
+        {"if": {"properties": {"constraints": {"properties": {"gpu_model": {"type": "string"}}, "required": ["gpu_model"]}}, "required": ["constraints"]},
+         "then": {"properties": {"resources": {"properties": {"gpu": {"type": "integer", "minimum": 1}}, "required": ["gpu"]}}, "required": ["resources"]}},
+    ])
 }
 
 impl JsonSchema for JobSpec {
@@ -154,6 +178,7 @@ impl JsonSchema for JobSpec {
             "description": "A job as submitted (JSON, or YAML with `Content-Type: application/yaml`). Absent or null fields take their defaults; answers write every field in its canonical form. Rules across fields (`count` or `shards`, `elastic` needs `shards`, GPU model needs a GPU) are checked by the validator, which answers 400 naming each field.",
             "required": ["name", "command"],
             "additionalProperties": false,
+            "allOf": cross_field_rules(),
             "properties": {
                 "name": g.subschema_for::<JobId>(),
                 "type": {
@@ -189,9 +214,18 @@ impl JsonSchema for JobSpec {
                     "description": "The program and its arguments; no shell.",
                     "minItems": 1,
                     "maxItems": MAX_COMMAND_ARGS,
-                    "items": {"type": "string", "maxLength": MAX_ARG_BYTES},
+                    "prefixItems": [{"minLength": 1}],
+                    "items": {"type": "string", "maxLength": MAX_ARG_BYTES, "pattern": NO_NUL},
                 },
-                "env": text_map("Extra environment for every task. Names are [A-Za-z_][A-Za-z0-9_]*; DROVER_* and CUDA_VISIBLE_DEVICES are reserved.", MAX_ENV_VARS, None),
+                "env": text_map(
+                    "Extra environment for every task. DROVER_* and CUDA_VISIBLE_DEVICES are reserved: Drover sets them.",
+                    MAX_ENV_VARS,
+                    json_schema!({
+                        "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
+                        "not": {"anyOf": [{"pattern": "^DROVER_"}, {"const": "CUDA_VISIBLE_DEVICES"}]},
+                    }),
+                    json_schema!({"type": ["string", "number", "boolean"], "pattern": NO_NUL}),
+                ),
                 "resources": {
                     "type": ["object", "null"],
                     "description": "What one task needs on its node. Defaults: cpu 100m, memory 64Mi, gpu 0.",
@@ -207,10 +241,16 @@ impl JsonSchema for JobSpec {
                     "description": "Where a task may run.",
                     "additionalProperties": false,
                     "properties": {
-                        "labels": text_map("Every label must be present on the node with this value.", MAX_LABELS, Some(MAX_LABEL_BYTES)),
+                        "labels": text_map(
+                            "Every label must be present on the node with this value.",
+                            MAX_LABELS,
+                            json_schema!({"minLength": 1, "maxLength": MAX_LABEL_BYTES}),
+                            json_schema!({"type": ["string", "number", "boolean"], "maxLength": MAX_LABEL_BYTES}),
+                        ),
                         "gpu_model": {
                             "type": ["string", "null"],
                             "maxLength": MAX_LABEL_BYTES,
+                            "pattern": "\\S",
                             "description": "Only GPUs whose model contains this text (needs resources.gpu >= 1).",
                         },
                     },

@@ -1,10 +1,8 @@
-//! What the REST API answers (DESIGN §5), as owned types a client can read.
-//!
-//! The master builds its answers from its own records; a contract test in
-//! the master (`tests/api.rs`) reads every route's answer into these types
-//! and writes it back, requiring the very same JSON, so the two cannot drift
-//! apart without a failing test. Unknown fields are ignored when reading, so
-//! an older CLI keeps working against a newer master.
+//! What the REST API answers (DESIGN §5): the one set of wire types. The
+//! master serializes these, the typed client and the CLI read them, and the
+//! OpenAPI document ([`crate::openapi`]) describes them from their derived
+//! JSON Schemas, doc comments included. Unknown fields are ignored when
+//! reading, so an older CLI keeps working against a newer master.
 
 use std::collections::BTreeMap;
 

@@ -108,6 +108,9 @@ pub enum Command {
     /// The cluster as a whole.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The REST API's description.
+    #[command(subcommand)]
+    Api(ApiCommand),
     /// Run a local cluster: a master and agents in this process.
     #[command(after_help = "Examples:\n  \
         drover dev                          # master on 127.0.0.1:7070, one agent\n  \
@@ -270,6 +273,16 @@ pub enum ClusterCommand {
         drover cluster status\n  \
         drover cluster status -o json | jq .queue_depth")]
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Print the OpenAPI 3.1 document of the REST API (what a master
+    /// serves at /v1/openapi.json); needs no master.
+    #[command(after_help = "Examples:\n  \
+        drover api openapi > drover.json\n  \
+        drover api openapi | jq '.paths | keys'")]
+    Openapi,
 }
 
 #[cfg(test)]

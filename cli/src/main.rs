@@ -24,7 +24,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use drover_api::client::Client;
 
-use args::{Cli, Command, Output};
+use args::{ApiCommand, Cli, Command, Output};
 
 /// What every command needs: the client and how to print.
 #[derive(Debug)]
@@ -73,6 +73,7 @@ fn run(cli: Cli) -> u8 {
         // `dev` builds its own runtime and runs until Ctrl-C.
         Command::Dev(args) => dev::run(args).map(|()| error::OK),
         Command::Completions { shell } => completions(shell),
+        Command::Api(ApiCommand::Openapi) => openapi(),
         Command::Job(c) => block_on(job::run(&ctx, c)),
         Command::Task(c) => block_on(task::run(&ctx, c)),
         Command::Node(c) => block_on(node::run(&ctx, c)),
@@ -82,6 +83,13 @@ fn run(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(e) => fail(&e, &addrs, had_token),
     }
+}
+
+/// The OpenAPI document, as the master serves it.
+fn openapi() -> anyhow::Result<u8> {
+    use std::io::Write;
+    std::io::stdout().write_all(drover_api::openapi::document_text().as_bytes())?;
+    Ok(error::OK)
 }
 
 /// Prints the error (unless stdout was merely closed early) and returns the

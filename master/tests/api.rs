@@ -20,18 +20,22 @@ use drover_api::protocol::{
     AllocUpdate, Assignment, Desired, GpuDevice, HeartbeatRequest, NodeResources, NodeUsage, Offer,
     PollRequest, PollResponse, RegisterRequest, Reserved, PROTOCOL_VERSION,
 };
-use drover_api::routes::{label, ROUTES};
+use drover_api::routes::{label, Access, Body, Route, RouteId, ROUTES};
 use drover_api::{AllocId, AllocState, NodeId};
 use drover_master::auth::{Auth, Role};
 use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
-use drover_master::http::routes;
+use drover_master::http::{front_routes, routes};
+use drover_master::metrics::Metrics;
+use drover_master::role::{Front, Serving};
 use drover_master::store::{Batch, EmbeddedStore, Snapshot, Store, StoreError};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::test::RequestBuilder;
@@ -2623,4 +2627,205 @@ async fn room_freed_by_preemption_is_held_for_the_preemptor_even_across_a_restar
     let low = h.get("/v1/tasks/low/0").await.expect(200);
     assert_eq!(low["state"], "pending", "{low}");
     assert_eq!(low["restarts"], 0, "{low}");
+}
+
+// ---------------------------------------------------------------------------
+// The OpenAPI document
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_served_document_is_the_checked_in_one() {
+    let h = Harness::new().await;
+    let r = h.get("/v1/openapi.json").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let served = String::from_utf8(r.body).expect("UTF-8");
+    assert!(
+        served == include_str!("../../api/openapi.json"),
+        "api/openapi.json is not what the master serves: regenerate it with \
+         `cargo run -p drover --bin drover -- api openapi > api/openapi.json` \
+         and review the diff"
+    );
+}
+
+/// Where each documented answer can be had, on a master with tokens, one
+/// node whose log server is unreachable, a job whose task runs there, and a
+/// follower beside it.
+struct Reach {
+    h: Harness,
+    follower: BoxedFilter<(Response,)>,
+}
+
+impl Reach {
+    async fn new() -> Reach {
+        let h = Harness::with_tokens().await;
+        // n1's log server answers; dark's is a closed port.
+        let logs = warp::path!("v1" / "allocs" / String / String / String / "logs")
+            .map(|_, _, _| "a line\n");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a log server");
+        let log_addr = listener.local_addr().expect("its address");
+        tokio::spawn(warp::serve(logs).incoming(listener).run());
+        for (id, addr) in [("n1", log_addr.to_string()), ("dark", "127.0.0.1:1".into())] {
+            let mut n = node(id);
+            n.log_addr = addr;
+            n.labels.insert("logs".into(), id.into());
+            h.send(authed(post_body("/v1/agent/register", &n), ADMIN_TOKEN))
+                .await
+                .expect(200);
+        }
+        for (name, on) in [("known", "n1"), ("stopme", "n1"), ("dark", "dark")] {
+            let job = spec_with(name, 1, json!({"constraints": {"labels": {"logs": on}}}));
+            h.send(authed(post_body("/v1/jobs", &job), ADMIN_TOKEN))
+                .await
+                .expect(201);
+        }
+        h.schedule().await;
+        let (_, serving) = watch::channel(Serving::Follower { leader: None });
+        let front = Front::new(serving, Metrics::new(), 1 << 20, LEADER.to_string());
+        let follower = front_routes(front, Arc::clone(&h.auth)).boxed();
+        Reach { h, follower }
+    }
+
+    /// The request that should earn `status` from `route`.
+    fn request(&self, route: &Route, status: u16) -> (RequestBuilder, bool) {
+        let missing = status == 404;
+        let path = route
+            .path
+            .split('/')
+            .map(|seg| match seg {
+                "{id}" if route.path.starts_with("/v1/nodes") => {
+                    if missing {
+                        "nope"
+                    } else {
+                        "n1"
+                    }
+                }
+                "{id}" if route.id == RouteId::StopJob && !missing => "stopme",
+                "{job}" if status == 502 => "dark",
+                "{id}" | "{job}" => {
+                    if missing {
+                        "missing"
+                    } else {
+                        "known"
+                    }
+                }
+                "{index}" => "0",
+                "{attempt}" => "1",
+                s => s,
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let token = match status {
+            401 => None,
+            403 => Some(READER_TOKEN),
+            _ => Some(ADMIN_TOKEN),
+        };
+        let has_body = !matches!(route.body, Body::None);
+        let body: Option<Vec<u8>> = match (route.id, status) {
+            _ if !has_body => None,
+            (_, 400) => Some(b"{".to_vec()),
+            (_, 413) => Some(vec![b' '; (1 << 20) + 1]),
+            (RouteId::SubmitJob, 201) => Some(json_bytes(&spec("fresh", 1))),
+            (RouteId::SubmitJob | RouteId::PlanJob, _) => Some(json_bytes(&spec("known", 1))),
+            (RouteId::DrainNode, _) => Some(json_bytes(&json!({"enable": false}))),
+            (RouteId::AgentRegister, 409) => {
+                let mut other = node("n1");
+                other.hostname = "someone-else".to_string();
+                Some(json_bytes(&other))
+            }
+            (RouteId::AgentRegister, _) => Some(json_bytes(&node("n2"))),
+            (RouteId::AgentHeartbeat, _) => Some(json_bytes(&heartbeat("n1", Vec::new()))),
+            (RouteId::AgentPoll, _) => Some(json_bytes(&PollRequest {
+                node_id: node_id_of("n1"),
+                known_version: 0,
+                delta: false,
+            })),
+            _ => None,
+        };
+        let query = match (route.query.is_some(), status) {
+            (true, 400) if !has_body => "?bogus=1",
+            _ => "",
+        };
+        let mut req = warp::test::request()
+            .method(route.method.as_str())
+            .path(&format!("{path}{query}"));
+        if let Some(t) = token.filter(|_| route.access != Access::Open) {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(body) = body.filter(|_| status != 411) {
+            let ctype = if status == 415 {
+                "text/plain"
+            } else {
+                "application/json"
+            };
+            req = req.header("content-type", ctype).body(body);
+        } else if status == 411 {
+            req = req.header("content-type", "application/json");
+        }
+        (req, status == 503)
+    }
+}
+
+fn json_bytes(v: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serialize")
+}
+
+fn post_body(path: &str, body: &impl Serialize) -> RequestBuilder {
+    post(path, "application/json", json_bytes(body))
+}
+
+fn authed(req: RequestBuilder, token: &str) -> RequestBuilder {
+    req.header("authorization", format!("Bearer {token}"))
+}
+
+#[tokio::test]
+async fn every_documented_status_of_every_route_is_answered() {
+    let reach = Reach::new().await;
+    let doc = drover_api::openapi::document();
+    let mut answered = Vec::new();
+    for route in ROUTES {
+        let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+        let documented: Vec<u16> = op["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .map(|k| k.parse().expect("a status"))
+            .collect();
+        for status in documented {
+            let (req, on_follower) = reach.request(route, status);
+            let r = if on_follower {
+                Resp::from(req.reply(&reach.follower).await)
+            } else {
+                reach.h.send(req).await
+            };
+            assert_eq!(
+                r.status.as_u16(),
+                status,
+                "{} {}: documented {status}, answered {} {}",
+                route.method.as_str(),
+                route.path,
+                r.status,
+                r.text()
+            );
+            let ctype = r
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let content = &op["responses"][status.to_string()]["content"];
+            assert!(
+                content.get(&ctype).is_some(),
+                "{} {} {status}: content type {ctype:?} is not documented: {content}",
+                route.method.as_str(),
+                route.path
+            );
+            answered.push((route.id, status));
+        }
+    }
+    assert!(answered.len() > ROUTES.len() * 3, "{answered:?}");
 }
