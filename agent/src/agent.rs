@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_api::protocol::{
-    AllocUpdate, Assignment, Desired, HeartbeatRequest, NodeResources, NodeUsage, Offer,
-    PollRequest, RegisterRequest, Reserved, PROTOCOL_VERSION,
+    AllocUpdate, Assignment, Desired, HeartbeatRequest, NodeDescriptor, NodeResources, NodeUsage,
+    Offer, PollRequest, RegisterRequest, Reserved, PROTOCOL_VERSION,
 };
 use drover_api::{AllocId, AllocState, NodeId};
 use tokio::sync::watch;
@@ -195,13 +195,15 @@ impl Agent {
                 .collect();
             let req = RegisterRequest {
                 node_id: self.node_id(),
-                hostname: self.settings.hostname.clone(),
-                log_addr: self.settings.log_addr.clone(),
-                resources: self.settings.resources.clone(),
-                reserved: self.settings.reserved,
-                labels: self.settings.labels.clone(),
-                attributes: self.settings.attributes.clone(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                desc: NodeDescriptor {
+                    hostname: self.settings.hostname.clone(),
+                    log_addr: self.settings.log_addr.clone(),
+                    resources: self.settings.resources.clone(),
+                    reserved: self.settings.reserved,
+                    labels: self.settings.labels.clone(),
+                    attributes: self.settings.attributes.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                },
                 protocol: PROTOCOL_VERSION,
                 running_allocs: running,
             };

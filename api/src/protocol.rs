@@ -52,14 +52,11 @@ pub struct Reserved {
     pub memory_bytes: u64,
 }
 
-/// `POST /v1/agent/register`: sent on every agent start and whenever the
-/// master asks for it ([`HeartbeatResponse::reregister`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct RegisterRequest {
-    /// The id kept in the agent's data dir; `None` on a node's first start
-    /// (the master picks one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<NodeId>,
+/// What a node says about itself: the same fields in its registration, in
+/// the master's record of it, and in the API's view of it (flattened into
+/// each, so the JSON of all three is flat).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct NodeDescriptor {
     pub hostname: String,
     /// `host:port` of the agent's log server.
     pub log_addr: String,
@@ -73,6 +70,18 @@ pub struct RegisterRequest {
     pub attributes: BTreeMap<String, String>,
     /// The agent's software version.
     pub version: String,
+}
+
+/// `POST /v1/agent/register`: sent on every agent start and whenever the
+/// master asks for it ([`HeartbeatResponse::reregister`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RegisterRequest {
+    /// The id kept in the agent's data dir; `None` on a node's first start
+    /// (the master picks one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    #[serde(flatten)]
+    pub desc: NodeDescriptor,
     /// The agent's [`PROTOCOL_VERSION`].
     #[schemars(range(min = PROTOCOL_VERSION, max = PROTOCOL_VERSION))]
     pub protocol: u32,
@@ -318,25 +327,27 @@ mod tests {
     fn register() -> RegisterRequest {
         RegisterRequest {
             node_id: Some(NodeId::new("gpu-1").unwrap()),
-            hostname: "gpu-1.example".into(),
-            log_addr: "10.0.0.7:7071".into(),
-            resources: NodeResources {
-                cpu_millis: 64_000,
-                memory_bytes: 512 << 30,
-                gpus: vec![GpuDevice {
-                    index: 0,
-                    uuid: "GPU-8f1c".into(),
-                    model: "NVIDIA H100 80GB HBM3".into(),
-                    memory_bytes: 80 << 30,
-                }],
+            desc: NodeDescriptor {
+                hostname: "gpu-1.example".into(),
+                log_addr: "10.0.0.7:7071".into(),
+                resources: NodeResources {
+                    cpu_millis: 64_000,
+                    memory_bytes: 512 << 30,
+                    gpus: vec![GpuDevice {
+                        index: 0,
+                        uuid: "GPU-8f1c".into(),
+                        model: "NVIDIA H100 80GB HBM3".into(),
+                        memory_bytes: 80 << 30,
+                    }],
+                },
+                reserved: Reserved {
+                    cpu_millis: 1000,
+                    memory_bytes: 2 << 30,
+                },
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                attributes: [("os".to_string(), "linux".to_string())].into(),
+                version: "0.1.0".into(),
             },
-            reserved: Reserved {
-                cpu_millis: 1000,
-                memory_bytes: 2 << 30,
-            },
-            labels: [("zone".to_string(), "a".to_string())].into(),
-            attributes: [("os".to_string(), "linux".to_string())].into(),
-            version: "0.1.0".into(),
             protocol: PROTOCOL_VERSION,
             running_allocs: vec![alloc("render/3/1")],
         }

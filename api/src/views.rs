@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{NodeResources, Reserved};
+use crate::protocol::NodeDescriptor;
 use crate::{
     AllocId, AllocState, JobId, JobSpec, JobState, JobType, NodeId, NodeState, TaskId, TaskState,
     Transition,
@@ -136,18 +136,8 @@ pub struct DrainView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeView {
     pub id: NodeId,
-    pub hostname: String,
-    /// Where the master reaches the agent's log server.
-    pub log_addr: String,
-    pub resources: NodeResources,
-    #[serde(default)]
-    pub reserved: Reserved,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-    /// The agent's version.
-    pub version: String,
+    #[serde(flatten)]
+    pub desc: NodeDescriptor,
     #[serde(default)]
     pub down: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

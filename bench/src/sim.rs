@@ -38,8 +38,8 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use drover_api::protocol::{
     AllocUpdate, AllocUsage, Assignment, Desired, GpuDevice, HeartbeatRequest, HeartbeatResponse,
-    NodeResources, NodeUsage, Offer, PollRequest, PollResponse, RegisterRequest, RegisterResponse,
-    Reserved, HEARTBEAT_PATH, POLL_PATH, PROTOCOL_VERSION, REGISTER_PATH,
+    NodeDescriptor, NodeResources, NodeUsage, Offer, PollRequest, PollResponse, RegisterRequest,
+    RegisterResponse, Reserved, HEARTBEAT_PATH, POLL_PATH, PROTOCOL_VERSION, REGISTER_PATH,
 };
 use drover_api::{AllocId, AllocState, NodeId};
 use http_body_util::{BodyExt, Full};
@@ -660,13 +660,15 @@ impl SimNode {
     async fn register(&self, shared: &Shared) -> anyhow::Result<RegisterResponse> {
         let req = RegisterRequest {
             node_id: Some(self.id.clone()),
-            hostname: self.id.to_string(),
-            log_addr: "127.0.0.1:9".to_string(),
-            resources: self.shape.resources(),
-            reserved: RESERVED,
-            labels: [("zone".to_string(), self.shape.zone.to_string())].into(),
-            attributes: [("simulated".to_string(), "true".to_string())].into(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            desc: NodeDescriptor {
+                hostname: self.id.to_string(),
+                log_addr: "127.0.0.1:9".to_string(),
+                resources: self.shape.resources(),
+                reserved: RESERVED,
+                labels: [("zone".to_string(), self.shape.zone.to_string())].into(),
+                attributes: [("simulated".to_string(), "true".to_string())].into(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
             protocol: PROTOCOL_VERSION,
             running_allocs: self.state().live.keys().cloned().collect(),
         };

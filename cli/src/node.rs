@@ -48,7 +48,7 @@ async fn list(ctx: &Ctx) -> anyhow::Result<u8> {
         t.row(vec![
             n.id.to_string(),
             n.state.to_string(),
-            n.hostname.clone(),
+            n.desc.hostname.clone(),
             format!(
                 "{}/{}",
                 cpu(n.allocated.cpu_millis),
@@ -83,11 +83,11 @@ fn status_text(n: &NodeView, now: u64) -> String {
     let mut f = vec![
         ("node", n.id.to_string()),
         ("state", n.state.to_string()),
-        ("hostname", n.hostname.clone()),
-        ("version", n.version.clone()),
+        ("hostname", n.desc.hostname.clone()),
+        ("version", n.desc.version.clone()),
         ("registered", ago(n.registered_at_ms, now)),
         ("heartbeat", ago(n.last_heartbeat_ms, now)),
-        ("log server", n.log_addr.clone()),
+        ("log server", n.desc.log_addr.clone()),
     ];
     if let Some(d) = &n.drain {
         f.push((
@@ -99,9 +99,9 @@ fn status_text(n: &NodeView, now: u64) -> String {
             ),
         ));
     }
-    f.push(("labels", pairs(&n.labels)));
-    if !n.attributes.is_empty() {
-        f.push(("attributes", pairs(&n.attributes)));
+    f.push(("labels", pairs(&n.desc.labels)));
+    if !n.desc.attributes.is_empty() {
+        f.push(("attributes", pairs(&n.desc.attributes)));
     }
     let mut text = fields(&f);
 
@@ -111,14 +111,14 @@ fn status_text(n: &NodeView, now: u64) -> String {
         cpu(n.allocatable.cpu_millis),
         cpu(n.allocated.cpu_millis),
         cpu(n.usage.cpu_millis),
-        cpu(n.reserved.cpu_millis),
+        cpu(n.desc.reserved.cpu_millis),
     ]);
     r.row(vec![
         "memory".into(),
         mem(n.allocatable.memory_bytes),
         mem(n.allocated.memory_bytes),
         mem(n.usage.memory_bytes),
-        mem(n.reserved.memory_bytes),
+        mem(n.desc.reserved.memory_bytes),
     ]);
     r.row(vec![
         "gpus".into(),
@@ -130,9 +130,9 @@ fn status_text(n: &NodeView, now: u64) -> String {
     text.push('\n');
     text.push_str(&r.render());
 
-    if !n.resources.gpus.is_empty() {
+    if !n.desc.resources.gpus.is_empty() {
         let mut g = Table::new(&["GPU", "MODEL", "MEMORY", "UUID"]);
-        for gpu in &n.resources.gpus {
+        for gpu in &n.desc.resources.gpus {
             g.row(vec![
                 gpu.index.to_string(),
                 gpu.model.clone(),

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drover_api::client::Client;
 use drover_api::protocol::{
-    AllocUpdate, HeartbeatRequest, NodeResources, NodeUsage, Offer, RegisterRequest, Reserved,
-    PROTOCOL_VERSION,
+    AllocUpdate, HeartbeatRequest, NodeDescriptor, NodeResources, NodeUsage, Offer,
+    RegisterRequest, Reserved, PROTOCOL_VERSION,
 };
 use drover_api::views::{
     ClusterSummary, JobView, NodeView, PlanAnswer, StopAnswer, SubmitAnswer, SubmitOutcome,
@@ -150,17 +150,19 @@ impl TestMaster {
     fn add_node(&self, id: &str, log_addr: &str) {
         let req = RegisterRequest {
             node_id: Some(NodeId::new(id).expect("a node id")),
-            hostname: format!("{id}.test"),
-            log_addr: log_addr.to_string(),
-            resources: NodeResources {
-                cpu_millis: 4000,
-                memory_bytes: 8 << 30,
-                gpus: Vec::new(),
+            desc: NodeDescriptor {
+                hostname: format!("{id}.test"),
+                log_addr: log_addr.to_string(),
+                resources: NodeResources {
+                    cpu_millis: 4000,
+                    memory_bytes: 8 << 30,
+                    gpus: Vec::new(),
+                },
+                reserved: Reserved::default(),
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                attributes: BTreeMap::new(),
+                version: "0.1.0-test".to_string(),
             },
-            reserved: Reserved::default(),
-            labels: [("zone".to_string(), "a".to_string())].into(),
-            attributes: BTreeMap::new(),
-            version: "0.1.0-test".to_string(),
             protocol: PROTOCOL_VERSION,
             running_allocs: Vec::new(),
         };

@@ -843,7 +843,7 @@ impl Cluster {
                 if n.registered_at_ms > before {
                     // The log server's port was picked by the kernel (port 0)
                     // and advertised by the agent.
-                    assert!(!n.log_addr.ends_with(":0"), "{n:?}");
+                    assert!(!n.desc.log_addr.ends_with(":0"), "{n:?}");
                     return;
                 }
             }

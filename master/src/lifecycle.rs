@@ -526,7 +526,7 @@ mod tests {
     use super::*;
     use crate::model::NodeRecord;
     use crate::state::Cluster;
-    use drover_api::protocol::NodeResources;
+    use drover_api::protocol::{NodeDescriptor, NodeResources};
     use drover_api::JobState;
 
     const T0: u64 = 1_000_000;
@@ -579,17 +579,19 @@ mod tests {
         let id = NodeId::new(id).unwrap();
         let rec = NodeRecord {
             id: id.clone(),
-            hostname: id.to_string(),
-            log_addr: String::new(),
-            resources: NodeResources {
-                cpu_millis: 4000,
-                memory_bytes: 8 << 30,
-                gpus: vec![],
+            desc: NodeDescriptor {
+                hostname: id.to_string(),
+                log_addr: String::new(),
+                resources: NodeResources {
+                    cpu_millis: 4000,
+                    memory_bytes: 8 << 30,
+                    gpus: vec![],
+                },
+                reserved: Default::default(),
+                labels: Default::default(),
+                attributes: Default::default(),
+                version: "test".into(),
             },
-            reserved: Default::default(),
-            labels: Default::default(),
-            attributes: Default::default(),
-            version: "test".into(),
             down: false,
             drain: None,
             registered_at_ms: T0,

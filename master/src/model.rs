@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use drover_api::protocol::{NodeResources, Reserved};
+use drover_api::protocol::NodeDescriptor;
 use drover_api::state::Transition;
 use drover_api::{AllocId, AllocState, JobId, JobSpec, JobState, NodeId, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
@@ -101,16 +101,8 @@ impl AllocRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub id: NodeId,
-    pub hostname: String,
-    pub log_addr: String,
-    pub resources: NodeResources,
-    #[serde(default)]
-    pub reserved: Reserved,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-    pub version: String,
+    #[serde(flatten)]
+    pub desc: NodeDescriptor,
     /// Declared down by liveness; cleared when it heartbeats or registers.
     #[serde(default)]
     pub down: bool,

@@ -19,7 +19,11 @@ pub fn build_view(txn: &Txn<'_>) -> ClusterView {
         .nodes
         .values()
         .map(|n| {
-            let cpu = n.resources.cpu_millis.saturating_sub(n.reserved.cpu_millis);
+            let cpu = n
+                .desc
+                .resources
+                .cpu_millis
+                .saturating_sub(n.desc.reserved.cpu_millis);
             let live = cluster.live.get(&n.id);
             let status = if n.down {
                 NodeStatus::Down
@@ -35,10 +39,12 @@ pub fn build_view(txn: &Txn<'_>) -> ClusterView {
                 status,
                 cpu_millis: cpu,
                 memory_bytes: n
+                    .desc
                     .resources
                     .memory_bytes
-                    .saturating_sub(n.reserved.memory_bytes),
+                    .saturating_sub(n.desc.reserved.memory_bytes),
                 gpus: n
+                    .desc
                     .resources
                     .gpus
                     .iter()
@@ -47,7 +53,7 @@ pub fn build_view(txn: &Txn<'_>) -> ClusterView {
                         model: g.model.clone(),
                     })
                     .collect(),
-                labels: n.labels.clone(),
+                labels: n.desc.labels.clone(),
                 utilisation: live.map_or(0.0, |l| {
                     if cpu == 0 {
                         0.0
@@ -152,16 +158,18 @@ impl Capacity {
                 .flatten()
                 .unwrap_or_default();
             c.cpu_millis += n
+                .desc
                 .resources
                 .cpu_millis
-                .saturating_sub(n.reserved.cpu_millis)
+                .saturating_sub(n.desc.reserved.cpu_millis)
                 .saturating_sub(held.cpu_millis);
             c.memory_bytes += n
+                .desc
                 .resources
                 .memory_bytes
-                .saturating_sub(n.reserved.memory_bytes)
+                .saturating_sub(n.desc.reserved.memory_bytes)
                 .saturating_sub(held.memory_bytes);
-            c.gpus += (n.resources.gpus.len() as u64).saturating_sub(held.gpus);
+            c.gpus += (n.desc.resources.gpus.len() as u64).saturating_sub(held.gpus);
         }
         c
     }

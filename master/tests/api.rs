@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use drover_api::protocol::{
-    AllocUpdate, Assignment, Desired, GpuDevice, HeartbeatRequest, NodeResources, NodeUsage, Offer,
-    PollRequest, PollResponse, RegisterRequest, Reserved, PROTOCOL_VERSION,
+    AllocUpdate, Assignment, Desired, GpuDevice, HeartbeatRequest, NodeDescriptor, NodeResources,
+    NodeUsage, Offer, PollRequest, PollResponse, RegisterRequest, Reserved, PROTOCOL_VERSION,
 };
 use drover_api::routes::{label, Access, Body, Route, RouteId, ROUTES};
 use drover_api::{AllocId, AllocState, NodeId};
@@ -385,17 +385,19 @@ fn node_id_of(id: &str) -> NodeId {
 fn node(id: &str) -> RegisterRequest {
     RegisterRequest {
         node_id: Some(node_id_of(id)),
-        hostname: format!("{id}.example"),
-        log_addr: format!("{id}.example:7071"),
-        resources: NodeResources {
-            cpu_millis: 4000,
-            memory_bytes: 8 << 30,
-            gpus: Vec::new(),
+        desc: NodeDescriptor {
+            hostname: format!("{id}.example"),
+            log_addr: format!("{id}.example:7071"),
+            resources: NodeResources {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+                gpus: Vec::new(),
+            },
+            reserved: Reserved::default(),
+            labels: BTreeMap::new(),
+            attributes: BTreeMap::new(),
+            version: "0.1.0-test".to_string(),
         },
-        reserved: Reserved::default(),
-        labels: BTreeMap::new(),
-        attributes: BTreeMap::new(),
-        version: "0.1.0-test".to_string(),
         protocol: PROTOCOL_VERSION,
         running_allocs: Vec::new(),
     }
@@ -1007,11 +1009,11 @@ async fn an_alloc_is_shown_by_job_index_and_attempt() {
 async fn nodes_are_listed_with_state_capacity_allocated_and_allocs() {
     let h = Harness::new().await;
     let mut n1 = node("n1");
-    n1.reserved = Reserved {
+    n1.desc.reserved = Reserved {
         cpu_millis: 500,
         memory_bytes: 1 << 30,
     };
-    n1.labels.insert("zone".to_string(), "a".to_string());
+    n1.desc.labels.insert("zone".to_string(), "a".to_string());
     h.register(&n1).await.expect(200);
     h.add_node("n2").await;
     h.create(&spec_with(
@@ -1160,7 +1162,7 @@ async fn registering_answers_the_node_id_and_interval_and_which_running_allocs_t
     let h = Harness::new().await;
     let mut req = node("n1");
     req.node_id = None;
-    req.hostname = "gpu box 7".to_string();
+    req.desc.hostname = "gpu box 7".to_string();
     let v = h.register(&req).await.expect(200);
     let id = v["node_id"].as_str().expect("an id chosen by the master");
     assert_eq!(id, "gpu-box-7", "derived from the hostname");
@@ -1203,7 +1205,7 @@ async fn registering_a_known_node_id_from_another_hostname_is_409() {
     let h = Harness::new().await;
     h.add_node("n1").await;
     let mut impostor = node("n1");
-    impostor.hostname = "elsewhere.example".to_string();
+    impostor.desc.hostname = "elsewhere.example".to_string();
     let err = h.register(&impostor).await.expect_error(409, "conflict");
     assert!(
         err["message"]
@@ -1408,7 +1410,7 @@ async fn a_poll_returns_the_nodes_assignments_with_the_drover_environment() {
 /// A node with two H100s as an agent fingerprints them.
 fn gpu_node(id: &str) -> RegisterRequest {
     let mut req = node(id);
-    req.resources.gpus = (0..2)
+    req.desc.resources.gpus = (0..2)
         .map(|index| GpuDevice {
             index,
             uuid: format!("GPU-{index}"),
@@ -1962,7 +1964,9 @@ async fn a_body_larger_than_max_body_bytes_is_413() {
         .await
         .expect_error(413, "payload_too_large");
     let mut req = node("n1");
-    req.attributes.insert("pad".to_string(), "y".repeat(2000));
+    req.desc
+        .attributes
+        .insert("pad".to_string(), "y".repeat(2000));
     h.register(&req)
         .await
         .expect_error(413, "payload_too_large");
@@ -2236,8 +2240,8 @@ async fn a_restarted_master_recovers_jobs_tasks_allocs_and_nodes_from_its_data_d
     let h = Harness::new().await;
     h.add_node("n1").await;
     let mut n2 = node("n2");
-    n2.labels.insert("zone".to_string(), "b".to_string());
-    n2.resources.cpu_millis = 2000;
+    n2.desc.labels.insert("zone".to_string(), "b".to_string());
+    n2.desc.resources.cpu_millis = 2000;
     h.register(&n2).await.expect(200);
 
     h.create(&spec("alpha", 3)).await;
@@ -2668,8 +2672,8 @@ impl Reach {
         tokio::spawn(warp::serve(logs).incoming(listener).run());
         for (id, addr) in [("n1", log_addr.to_string()), ("dark", "127.0.0.1:1".into())] {
             let mut n = node(id);
-            n.log_addr = addr;
-            n.labels.insert("logs".into(), id.into());
+            n.desc.log_addr = addr;
+            n.desc.labels.insert("logs".into(), id.into());
             h.send(authed(post_body("/v1/agent/register", &n), ADMIN_TOKEN))
                 .await
                 .expect(200);
@@ -2731,7 +2735,7 @@ impl Reach {
             (RouteId::DrainNode, _) => Some(json_bytes(&json!({"enable": false}))),
             (RouteId::AgentRegister, 409) => {
                 let mut other = node("n1");
-                other.hostname = "someone-else".to_string();
+                other.desc.hostname = "someone-else".to_string();
                 Some(json_bytes(&other))
             }
             (RouteId::AgentRegister, _) => Some(json_bytes(&node("n2"))),

@@ -32,13 +32,13 @@ fn example(name: &str) -> String {
 /// What a `drover dev` agent registers: 4 cores, 8 GiB, one fake GPU.
 fn dev_node(i: u32) -> RegisterRequest {
     let mut req = support::register_request(&format!("dev-{i}"), "127.0.0.1:1", Vec::new());
-    req.resources.gpus = vec![GpuDevice {
+    req.desc.resources.gpus = vec![GpuDevice {
         index: 0,
         uuid: format!("FAKE-dev-{i}-0"),
         model: "Drover Fake GPU 16GB".into(),
         memory_bytes: 16 << 30,
     }];
-    req.labels = BTreeMap::from([("dev".into(), "true".into())]);
+    req.desc.labels = BTreeMap::from([("dev".into(), "true".into())]);
     req
 }
 

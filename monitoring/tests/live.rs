@@ -46,8 +46,9 @@ async fn a_live_cluster_fills_every_panel_with_catalogued_metrics_that_promtool_
     let client = cluster.client();
     let nodes = client.nodes().await.unwrap();
     // Two fake GPUs, or more where NVML finds real ones for dev-1.
-    let gpus: usize = nodes.iter().map(|n| n.resources.gpus.len()).sum();
-    let agents: Vec<(NodeId, String)> = nodes.into_iter().map(|n| (n.id, n.log_addr)).collect();
+    let gpus: usize = nodes.iter().map(|n| n.desc.resources.gpus.len()).sum();
+    let agents: Vec<(NodeId, String)> =
+        nodes.into_iter().map(|n| (n.id, n.desc.log_addr)).collect();
     assert_eq!(agents.len(), 2, "{agents:?}");
 
     let prometheus = Prometheus::start(&scrape_config(&cluster.addr, &agents))

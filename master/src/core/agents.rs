@@ -132,29 +132,23 @@ impl Master {
         let mut cluster = self.lock().await;
         let node_id = match &req.node_id {
             Some(id) => id.clone(),
-            None => fresh_node_id(&cluster, &req.hostname),
+            None => fresh_node_id(&cluster, &req.desc.hostname),
         };
         let changes = {
             let mut txn = Txn::new(&cluster);
             let previous = txn.node(&node_id).cloned();
             if let Some(p) = previous
                 .as_ref()
-                .filter(|p| !p.down && p.hostname != req.hostname)
+                .filter(|p| !p.down && p.desc.hostname != req.desc.hostname)
             {
                 return Err(CommitError::Conflict(format!(
                     "node id {node_id} belongs to host {:?}; this agent runs on {:?}",
-                    p.hostname, req.hostname
+                    p.desc.hostname, req.desc.hostname
                 )));
             }
             txn.put_node(NodeRecord {
                 id: node_id.clone(),
-                hostname: req.hostname.clone(),
-                log_addr: req.log_addr.clone(),
-                resources: req.resources.clone(),
-                reserved: req.reserved,
-                labels: req.labels.clone(),
-                attributes: req.attributes.clone(),
-                version: req.version.clone(),
+                desc: req.desc.clone(),
                 down: false,
                 drain: previous.as_ref().and_then(|p| p.drain.clone()),
                 registered_at_ms: now_ms,
@@ -175,7 +169,7 @@ impl Master {
         self.seen(&node_id, &mut cluster);
         drop(cluster);
         durable.wait().await?;
-        tracing::info!(node = %node_id, hostname = %req.hostname, "node registered");
+        tracing::info!(node = %node_id, hostname = %req.desc.hostname, "node registered");
         self.wake_scheduler();
         Ok(RegisterResponse {
             node_id,

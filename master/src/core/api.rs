@@ -202,7 +202,7 @@ impl Master {
             .allocs
             .get(&alloc)
             .and_then(|a| cluster.nodes.get(&a.node))
-            .map(|n| n.log_addr.clone())
+            .map(|n| n.desc.log_addr.clone())
             .ok_or_else(|| LogSourceError::NodeGone(id.clone()))?;
         Ok((alloc, addr))
     }
@@ -318,12 +318,17 @@ fn amounts(h: Held) -> Amounts {
 /// Capacity less what is reserved.
 fn allocatable(n: &NodeRecord) -> Amounts {
     Amounts {
-        cpu_millis: n.resources.cpu_millis.saturating_sub(n.reserved.cpu_millis),
+        cpu_millis: n
+            .desc
+            .resources
+            .cpu_millis
+            .saturating_sub(n.desc.reserved.cpu_millis),
         memory_bytes: n
+            .desc
             .resources
             .memory_bytes
-            .saturating_sub(n.reserved.memory_bytes),
-        gpus: n.resources.gpus.len() as u64,
+            .saturating_sub(n.desc.reserved.memory_bytes),
+        gpus: n.desc.resources.gpus.len() as u64,
     }
 }
 
@@ -331,13 +336,7 @@ fn node_view(c: &Cluster, n: &NodeRecord) -> NodeView {
     let live = c.live.get(&n.id);
     NodeView {
         id: n.id.clone(),
-        hostname: n.hostname.clone(),
-        log_addr: n.log_addr.clone(),
-        resources: n.resources.clone(),
-        reserved: n.reserved,
-        labels: n.labels.clone(),
-        attributes: n.attributes.clone(),
-        version: n.version.clone(),
+        desc: n.desc.clone(),
         down: n.down,
         drain: n.drain.as_ref().map(|d| DrainView {
             started_at_ms: d.started_at_ms,
