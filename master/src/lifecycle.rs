@@ -587,10 +587,8 @@ mod tests {
                     memory_bytes: 8 << 30,
                     gpus: vec![],
                 },
-                reserved: Default::default(),
-                labels: Default::default(),
-                attributes: Default::default(),
                 version: "test".into(),
+                ..NodeDescriptor::default()
             },
             down: false,
             drain: None,

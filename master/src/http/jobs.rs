@@ -3,9 +3,8 @@
 use drover_api::views::{JobsQuery, StopQuery};
 use drover_api::JobId;
 use warp::http::StatusCode;
-use warp::Reply;
 
-use super::{json_reply, ok, Answer, ApiError, Call};
+use super::{found, json_reply, ok, Answer, ApiError, Call};
 use drover_api::views::SubmitOutcome;
 
 /// A job id from the path; one that cannot exist is simply not found.
@@ -39,27 +38,18 @@ pub(super) async fn list(call: Call) -> Answer {
 pub(super) async fn get(call: Call) -> Answer {
     let master = call.master()?;
     let id = job_id(call.param(0))?;
-    match master.job(&id).await {
-        Some(job) => ok(&job),
-        None => Err(ApiError::not_found(format!("job {id}"))),
-    }
+    found(master.job(&id).await, format!("job {id}"))
 }
 
 pub(super) async fn stop(call: Call) -> Answer {
     let master = call.master()?;
     let id = job_id(call.param(0))?;
     let q: StopQuery = call.query()?;
-    match master.stop_job(&id, q.purge).await? {
-        Some(answer) => Ok(json_reply(StatusCode::OK, &answer).into_response()),
-        None => Err(ApiError::not_found(format!("job {id}"))),
-    }
+    found(master.stop_job(&id, q.purge).await?, format!("job {id}"))
 }
 
 pub(super) async fn tasks(call: Call) -> Answer {
     let master = call.master()?;
     let id = job_id(call.param(0))?;
-    match master.job_tasks(&id).await {
-        Some(tasks) => ok(&tasks),
-        None => Err(ApiError::not_found(format!("job {id}"))),
-    }
+    found(master.job_tasks(&id).await, format!("job {id}"))
 }

@@ -153,6 +153,14 @@ fn ok<T: Serialize>(body: &T) -> Answer {
     Ok(json_reply(StatusCode::OK, body))
 }
 
+/// 200 with the view, or 404 naming what was looked for.
+fn found<T: Serialize>(view: Option<T>, what: impl std::fmt::Display) -> Answer {
+    match view {
+        Some(v) => ok(&v),
+        None => Err(ApiError::not_found(what)),
+    }
+}
+
 /// One request, as its route's filter extracted it.
 #[derive(Debug)]
 struct Call {

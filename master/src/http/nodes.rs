@@ -5,7 +5,7 @@ use std::time::Duration;
 use drover_api::views::DrainRequest;
 use drover_api::NodeId;
 
-use super::{ok, Answer, ApiError, Call};
+use super::{found, ok, Answer, ApiError, Call};
 
 fn node_id(raw: &str) -> Result<NodeId, ApiError> {
     NodeId::new(raw).map_err(|_| ApiError::not_found(format!("node {raw:?}")))
@@ -19,10 +19,7 @@ pub(super) async fn list(call: Call) -> Answer {
 pub(super) async fn get(call: Call) -> Answer {
     let master = call.master()?;
     let id = node_id(call.param(0))?;
-    match master.node(&id).await {
-        Some(node) => ok(&node),
-        None => Err(ApiError::not_found(format!("node {id}"))),
-    }
+    found(master.node(&id).await, format!("node {id}"))
 }
 
 pub(super) async fn drain(call: Call) -> Answer {
@@ -38,8 +35,5 @@ pub(super) async fn drain(call: Call) -> Answer {
     if master.set_drain(&id, req.enable, deadline).await?.is_none() {
         return Err(ApiError::not_found(format!("node {id}")));
     }
-    match master.node(&id).await {
-        Some(node) => ok(&node),
-        None => Err(ApiError::not_found(format!("node {id}"))),
-    }
+    found(master.node(&id).await, format!("node {id}"))
 }

@@ -4,7 +4,7 @@ use drover_api::views::LogQuery;
 use drover_api::{AllocId, TaskId};
 use warp::http::StatusCode;
 
-use super::{ok, Answer, ApiError, Call};
+use super::{found, Answer, ApiError, Call};
 use crate::core::LogSourceError;
 use crate::logs::{self, LogError};
 
@@ -18,10 +18,7 @@ fn task_id(call: &Call) -> Result<TaskId, ApiError> {
 pub(super) async fn get(call: Call) -> Answer {
     let master = call.master()?;
     let id = task_id(&call)?;
-    match master.task(&id).await {
-        Some(task) => ok(&task),
-        None => Err(ApiError::not_found(format!("task {id}"))),
-    }
+    found(master.task(&id).await, format!("task {id}"))
 }
 
 pub(super) async fn logs(call: Call) -> Answer {
@@ -48,8 +45,5 @@ pub(super) async fn alloc(call: Call) -> Answer {
     let id: AllocId = raw
         .parse()
         .map_err(|_| ApiError::not_found(format!("alloc {raw}")))?;
-    match master.alloc(&id).await {
-        Some(alloc) => ok(&alloc),
-        None => Err(ApiError::not_found(format!("alloc {id}"))),
-    }
+    found(master.alloc(&id).await, format!("alloc {id}"))
 }

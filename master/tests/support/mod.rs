@@ -22,10 +22,8 @@ pub fn register_request(id: &str, log_addr: &str, running_allocs: Vec<AllocId>) 
                 memory_bytes: 8 << 30,
                 gpus: vec![],
             },
-            reserved: Default::default(),
-            labels: Default::default(),
-            attributes: Default::default(),
             version: "test".into(),
+            ..NodeDescriptor::default()
         },
         protocol: PROTOCOL_VERSION,
         running_allocs,
