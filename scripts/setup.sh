@@ -54,16 +54,16 @@ if ! cargo deb --version >/dev/null 2>&1; then
     echo "==> installing cargo-deb"
     cargo install cargo-deb --version 3.8.0 --locked
 fi
-# Pinned, so that a new release cannot change what the fuzz run checks.
+# Pinned, dependencies included, so that no release can change what the
+# fuzz run checks; reinstalled whenever the pins change.
 venv="${DROVER_PY_VENV:-$HOME/.cache/drover/py}"
-pins="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
-if [ "$(cat "$venv/.drover-pins" 2>/dev/null)" != "$pins" ]; then
-    echo "==> installing $pins into $venv"
+pins="$(dirname "$0")/schemathesis/requirements.txt"
+if ! cmp -s "$pins" "$venv/.drover-pins"; then
+    echo "==> installing schemathesis and openapi-spec-validator ($pins) into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
-    # shellcheck disable=SC2086
-    "$venv/bin/pip" install --quiet --disable-pip-version-check $pins
-    echo "$pins" >"$venv/.drover-pins"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$pins"
+    cp "$pins" "$venv/.drover-pins"
 fi
 
 for component in rustfmt clippy; do
