@@ -104,7 +104,7 @@ string_schema!(
     Cpu,
     "Cpu",
     json_schema!({
-        "description": "CPU as cores (`2`, `0.5`) or millicores (`\"500m\"`); more than zero. Answers write the string form.",
+        "description": "CPU as cores (`2`, `0.5`) or millicores (`\"500m\"`); more than zero, at most 65536 cores. Answers write the string form.",
         "type": ["string", "number"],
         "examples": ["500m", "2"],
     })
@@ -113,7 +113,7 @@ string_schema!(
     Memory,
     "Memory",
     json_schema!({
-        "description": "A size in bytes, or with a binary (`\"256Mi\"`) or decimal (`\"100M\"`) suffix; more than zero. Answers write the string form.",
+        "description": "A size in bytes, or with a binary (`\"256Mi\"`) or decimal (`\"100M\"`) suffix; more than zero, at most 1Pi. Answers write the string form.",
         "type": ["string", "integer"],
         "examples": ["256Mi", "2Gi"],
     })

@@ -27,6 +27,12 @@ use crate::quantity::{Cpu, Memory, QuantityError};
 
 /// Most tasks (`count`) or shards (`shards`) a job may have.
 pub const MAX_TASKS: u32 = 1_000_000;
+/// Most CPU one task may ask for, in millicores: 65,536 cores, beyond any
+/// machine built, so that a typo ("999999") is a 400 rather than a task
+/// that waits forever.
+pub const MAX_CPU_MILLIS: u64 = 65_536_000;
+/// Most memory one task may ask for: 1 PiB, for the same reason.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
 /// Most GPUs one task may ask for.
 pub const MAX_GPUS_PER_TASK: u32 = 64;
 /// Most elements of `command`, the program included.
@@ -1151,12 +1157,29 @@ fn check_resources(
             cx.err(p, "must be more than zero");
             return None;
         }
+        if cpu.millis() > MAX_CPU_MILLIS {
+            cx.err(
+                p,
+                format!(
+                    "at most {} cores, got {cpu}: no node could ever run it",
+                    MAX_CPU_MILLIS / 1000
+                ),
+            );
+            return None;
+        }
         Some(cpu)
     });
     let memory = cx.opt(map, path, "memory", |cx, p, v| {
         let mem: Memory = cx.quantity(p, v, "a size such as \"256Mi\"")?;
         if mem.bytes() == 0 {
             cx.err(p, "must be more than zero");
+            return None;
+        }
+        if mem.bytes() > MAX_MEMORY_BYTES {
+            cx.err(
+                p,
+                format!("at most 1Pi, got {mem}: no node could ever run it"),
+            );
             return None;
         }
         Some(mem)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use drover_api::spec::{MAX_RESTART_DELAY, MAX_TASKS};
+use drover_api::spec::{MAX_CPU_MILLIS, MAX_MEMORY_BYTES, MAX_RESTART_DELAY, MAX_TASKS};
 use drover_api::{
     Constraints, Cpu, Elastic, JobId, JobSpec, JobType, Memory, PolicyKind, ResourceRequest,
     RestartPolicy, SpecError,
@@ -110,10 +110,10 @@ fn restart() -> impl Strategy<Value = RestartPolicy> {
 
 fn resources_and_model() -> impl Strategy<Value = (ResourceRequest, Option<String>)> {
     (
-        prop_oneof![1..=64_000u64, 1..=u64::MAX],
+        prop_oneof![1..=64_000u64, 1..=MAX_CPU_MILLIS],
         prop_oneof![
             1..=(1u64 << 40),
-            1..=u64::MAX,
+            1..=MAX_MEMORY_BYTES,
             (1..=1024u64).prop_map(|m| m << 20)
         ],
         prop_oneof![Just(0u32), 0..=64u32],

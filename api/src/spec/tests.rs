@@ -640,6 +640,27 @@ fn unparseable_quantities_quote_the_input() {
 }
 
 #[test]
+fn cpu_and_memory_no_machine_has_are_refused_not_queued_forever() {
+    for (field, huge) in [
+        ("cpu", json!("999999")),
+        ("cpu", json!("18446744073709551m")),
+        ("cpu", json!(65_537)),
+        ("memory", json!("15Ei")),
+        ("memory", json!("1025Ti")),
+    ] {
+        let e = one_error(with(minimal(), &["resources", field], huge.clone()));
+        assert!(
+            e.starts_with(&format!("resources.{field}: at most "))
+                && e.ends_with("no node could ever run it"),
+            "{huge}: {e}"
+        );
+    }
+    for (field, big) in [("cpu", json!(65_536)), ("memory", json!("1Pi"))] {
+        accepted(with(minimal(), &["resources", field], big));
+    }
+}
+
+#[test]
 fn cpu_and_memory_must_be_positive_and_negatives_say_so() {
     for (field, zero) in [
         ("cpu", json!("0m")),
