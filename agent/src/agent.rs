@@ -91,6 +91,37 @@ pub fn stored_node_id(data_dir: &Path) -> Option<NodeId> {
         .and_then(|s| NodeId::new(s.trim()).ok())
 }
 
+fn credential_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("credential")
+}
+
+/// The node's credential (DESIGN §12), once the master has given one.
+pub fn stored_credential(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(credential_file(data_dir))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Keeps the credential, readable by this user alone, before it is used:
+/// a crash right after registering must not lose the only copy.
+fn store_credential(data_dir: &Path, credential: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(data_dir)?;
+    let tmp = data_dir.join("credential.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(credential.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, credential_file(data_dir))?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
 fn store_node_id(data_dir: &Path, id: &NodeId) -> std::io::Result<()> {
     std::fs::create_dir_all(data_dir)?;
     let tmp = data_dir.join("node-id.tmp");
@@ -139,7 +170,9 @@ impl Agent {
         probe: Probe,
         metrics: AgentMetrics,
     ) -> Arc<Agent> {
-        let client = MasterClient::new(settings.masters.clone(), settings.token.clone());
+        // Once the node has its credential, the join token is not used again.
+        let token = stored_credential(&settings.data_dir).or_else(|| settings.token.clone());
+        let client = MasterClient::new(settings.masters.clone(), token);
         let node_id = settings
             .node_id
             .clone()
@@ -212,6 +245,17 @@ impl Agent {
                     self.contact();
                     if let Err(e) = store_node_id(&self.settings.data_dir, &resp.node_id) {
                         tracing::warn!(error = %e, "could not keep the node id in the data dir");
+                    }
+                    if let Some(credential) = resp.credential {
+                        match store_credential(&self.settings.data_dir, &credential) {
+                            Ok(()) => {
+                                tracing::info!(node = %resp.node_id, "joined: node credential kept in the data dir")
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "could not keep the node credential in the data dir; the next start cannot rejoin as this node")
+                            }
+                        }
+                        self.client.set_token(Some(credential));
                     }
                     {
                         let mut s = lock(&self.shared);

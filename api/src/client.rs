@@ -148,13 +148,25 @@ impl LogReader {
 }
 
 /// A client of the masters at `addrs`, remembering which one answered last.
-#[derive(Debug)]
 pub struct Client {
     addrs: Vec<String>,
     current: AtomicUsize,
-    token: Option<String>,
+    /// The bearer token; an agent swaps its join token for its node's
+    /// credential once it has one.
+    token: std::sync::RwLock<Option<String>>,
     timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+}
+
+// Hand-written so that the token is never printed.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addrs", &self.addrs)
+            .field("current", &self.current)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// At most this many idle connections are kept (an agent uses two at once:
@@ -207,7 +219,7 @@ impl Client {
         Client {
             addrs,
             current: AtomicUsize::new(0),
-            token,
+            token: std::sync::RwLock::new(token),
             timeout: DEFAULT_TIMEOUT,
             idle: Mutex::new(Vec::new()),
         }
@@ -231,6 +243,11 @@ impl Client {
             idle.remove(0);
         }
         idle.push(Idle { addr, sender });
+    }
+
+    /// Sends `token` as the bearer token from now on.
+    pub fn set_token(&self, token: Option<String>) {
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
     }
 
     /// Per-call time limit for everything but long polls and followed logs.
@@ -315,6 +332,18 @@ impl Client {
     /// `GET /v1/nodes/{id}`.
     pub async fn node(&self, id: &NodeId) -> Result<NodeView, ClientError> {
         self.get(&format!("/v1/nodes/{id}")).await
+    }
+
+    /// `POST /v1/nodes/{id}/revoke`: the node's credential is revoked and
+    /// the node is down.
+    pub async fn revoke_node(&self, id: &NodeId) -> Result<NodeView, ClientError> {
+        let path = format!("/v1/nodes/{id}/revoke");
+        self.send_json(
+            hyper::Method::POST,
+            &path,
+            Some(("application/json", Bytes::new())),
+        )
+        .await
     }
 
     /// `POST /v1/nodes/{id}/drain`: start a drain (with a deadline; the
@@ -585,7 +614,7 @@ impl Client {
             .method(req.method.clone())
             .uri(req.path)
             .header("host", addr);
-        if let Some(token) = &self.token {
+        if let Some(token) = &*self.token.read().unwrap_or_else(|e| e.into_inner()) {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
         let body = match &req.body {

@@ -99,6 +99,11 @@ pub struct RegisterResponse {
     /// replaced while the node was away): kill them.
     #[serde(default)]
     pub kill: Vec<AllocId>,
+    /// Given once, when a node joins with a join token: the credential that
+    /// every later call for this node must carry as its bearer token. The
+    /// master keeps only its hash; the agent keeps it 0600 in its data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Free resources as the agent sees them.
@@ -366,6 +371,7 @@ mod tests {
             node_id: NodeId::new("gpu-1").unwrap(),
             heartbeat_interval_ms: 1000,
             kill: vec![alloc("render/3/1")],
+            credential: None,
         };
         assert_eq!(round_trip(&resp)["kill"][0], "render/3/1");
     }

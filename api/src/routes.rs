@@ -20,7 +20,9 @@ use crate::views::{
     NodeView, PlanAnswer, ReadyView, StopAnswer, StopQuery, SubmitAnswer, TaskView,
 };
 
-/// What a token may do. Ordered: a role grants everything the lower ones do.
+/// What a token may do. `reader < submitter < admin`: a role grants
+/// everything the lower ones do. `agent` stands apart: it may call the agent
+/// protocol and nothing else, and no other role may call that.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
@@ -30,24 +32,32 @@ pub enum Role {
     Reader,
     /// Reader, plus submitting, planning and stopping jobs.
     Submitter,
-    /// Everything, including draining nodes and the agent protocol.
+    /// Everything but the agent protocol: draining and revoking nodes too.
     Admin,
+    /// The agent protocol only: a join token, with which a new node
+    /// registers and gets its own credential (DESIGN §12).
+    Agent,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Reader, Role::Submitter, Role::Admin];
+    pub const ALL: [Role; 4] = [Role::Reader, Role::Submitter, Role::Admin, Role::Agent];
 
     pub const fn name(self) -> &'static str {
         match self {
             Role::Reader => "reader",
             Role::Submitter => "submitter",
             Role::Admin => "admin",
+            Role::Agent => "agent",
         }
     }
 
     /// Whether a token with this role may do what `needed` allows.
     pub fn grants(self, needed: Role) -> bool {
-        self >= needed
+        match (self, needed) {
+            (Role::Agent, Role::Agent) => true,
+            (Role::Agent, _) | (_, Role::Agent) => false,
+            (have, needed) => have >= needed,
+        }
     }
 }
 
@@ -58,7 +68,7 @@ impl fmt::Display for Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a role: use one of reader, submitter, admin")]
+#[error("{0:?} is not a role: use one of reader, submitter, admin, agent")]
 pub struct UnknownRole(pub String);
 
 impl FromStr for Role {
@@ -105,6 +115,10 @@ pub enum RouteId {
     ListNodes,
     /// One node.
     GetNode,
+    /// Revokes a node's credential: its agent can no longer speak for it,
+    /// the node is down at once and its allocs are lost and placed
+    /// elsewhere. The node id stays taken; a machine rejoins under a new id.
+    RevokeNode,
     /// Starts (`enable: true`) or ends a node's drain. A draining node takes
     /// no new work; its allocs are stopped and replaced elsewhere, all of
     /// them by the deadline.
@@ -116,7 +130,9 @@ pub enum RouteId {
     /// This document.
     GetOpenapi,
     /// Agent protocol: a node registers on every agent start, and whenever
-    /// a heartbeat answer asks for it.
+    /// a heartbeat answer asks for it. With tokens configured, a new node
+    /// registers with an `agent` join token and is given a credential bound
+    /// to its id; every later call for that node must carry it.
     AgentRegister,
     /// Agent protocol: a node reports liveness, usage and alloc updates.
     AgentHeartbeat,
@@ -381,6 +397,17 @@ pub static ROUTES: &[Route] = &[
         )
     },
     Route {
+        ok: &[json(200, "The node, now down", schema::<NodeView>)],
+        errors: &[404],
+        ..api(
+            RouteId::RevokeNode,
+            Post,
+            "/v1/nodes/{id}/revoke",
+            Admin,
+            "nodes",
+        )
+    },
+    Route {
         ok: &[json(200, OK, schema::<ClusterSummary>)],
         ..api(RouteId::GetCluster, Get, "/v1/cluster", Reader, "status")
     },
@@ -413,7 +440,7 @@ pub static ROUTES: &[Route] = &[
             RouteId::AgentRegister,
             Post,
             crate::protocol::REGISTER_PATH,
-            Admin,
+            Role::Agent,
             "agent",
         )
     },
@@ -424,7 +451,7 @@ pub static ROUTES: &[Route] = &[
             RouteId::AgentHeartbeat,
             Post,
             crate::protocol::HEARTBEAT_PATH,
-            Admin,
+            Role::Agent,
             "agent",
         )
     },
@@ -435,7 +462,7 @@ pub static ROUTES: &[Route] = &[
             RouteId::AgentPoll,
             Post,
             crate::protocol::POLL_PATH,
-            Admin,
+            Role::Agent,
             "agent",
         )
     },
@@ -592,6 +619,11 @@ mod tests {
     fn roles_are_ordered_and_parse() {
         assert!(Role::Admin.grants(Role::Submitter));
         assert!(!Role::Reader.grants(Role::Submitter));
+        assert!(Role::Agent.grants(Role::Agent));
+        for other in [Role::Reader, Role::Submitter, Role::Admin] {
+            assert!(!Role::Agent.grants(other), "agent grants {other}");
+            assert!(!other.grants(Role::Agent), "{other} grants agent");
+        }
         for r in Role::ALL {
             assert_eq!(r.name().parse::<Role>().unwrap(), r);
         }

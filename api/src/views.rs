@@ -140,6 +140,9 @@ pub struct NodeView {
     pub desc: NodeDescriptor,
     #[serde(default)]
     pub down: bool,
+    /// Its credential was revoked: it stays down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainView>,
     pub registered_at_ms: u64,

@@ -264,6 +264,15 @@ pub enum NodeCommand {
         #[arg(long)]
         disable: bool,
     },
+    /// Revoke a node's credential: its agent can no longer speak for it,
+    /// the node is down at once and its allocations move elsewhere. The
+    /// machine may rejoin only under a new node id.
+    #[command(after_help = "Examples:\n  \
+        drover node revoke gpu-1")]
+    Revoke {
+        /// The node's id.
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,6 +19,7 @@ pub async fn run(ctx: &Ctx, command: NodeCommand) -> anyhow::Result<u8> {
             deadline,
             disable,
         } => drain(ctx, &id, !disable, deadline).await,
+        NodeCommand::Revoke { id } => revoke(ctx, &id).await,
     }
 }
 
@@ -176,6 +177,19 @@ async fn drain(
         emit_json(&node)?;
     } else {
         emit(&drain_line(&node, output::now_ms()))?;
+    }
+    Ok(error::OK)
+}
+
+async fn revoke(ctx: &Ctx, id: &NodeId) -> anyhow::Result<u8> {
+    let node = ctx.client.revoke_node(id).await?;
+    if ctx.json() {
+        emit_json(&node)?;
+    } else {
+        emit(&format!(
+            "node {}: credential revoked, {} (its allocations are placed elsewhere)\n",
+            node.id, node.state
+        ))?;
     }
     Ok(error::OK)
 }

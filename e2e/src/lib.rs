@@ -477,6 +477,11 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
+    /// The agent's log (stdout and stderr, across restarts).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn node(&self) -> &NodeId {
         &self.node
     }
@@ -491,7 +496,13 @@ impl AgentProc {
         self.child.as_ref().map(Child::id)
     }
 
-    fn spawn(&mut self, masters: &[SocketAddr], kill_grace: Duration, fake_gpus: u32) {
+    fn spawn(
+        &mut self,
+        masters: &[SocketAddr],
+        kill_grace: Duration,
+        fake_gpus: u32,
+        token: Option<&str>,
+    ) {
         let masters: Vec<String> = masters.iter().map(|m| format!("\"{m}\"")).collect();
         let config = format!(
             "masters: [{masters}]\n\
@@ -500,7 +511,9 @@ impl AgentProc {
              log_listen: 127.0.0.1:0\n\
              labels: {{ slot: {node} }}\n\
              kill_grace: {grace}ms\n\
-             fake_gpus: [{gpus}]\n",
+             fake_gpus: [{gpus}]\n\
+             token: {token}\n",
+            token = token.unwrap_or("null"),
             masters = masters.join(", "),
             node = self.node,
             data = serde_json::Value::from(self.data_dir().display().to_string()),
@@ -579,9 +592,24 @@ pub struct ClusterBuilder {
     /// Masters on a private etcd (0: one master on the embedded store).
     etcd_masters: usize,
     fake_gpus: u32,
+    /// Authentication on: the client holds [`ADMIN_TOKEN`], the agents join
+    /// with [`JOIN_TOKEN`].
+    tokens: bool,
 }
 
+/// With [`ClusterBuilder::tokens`]: the client's token (admin role).
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+/// With [`ClusterBuilder::tokens`]: the agents' join token (agent role).
+pub const JOIN_TOKEN: &str = "e2e-join-token-0123456789";
+
 impl ClusterBuilder {
+    /// Authentication on: an admin token for the client and an agent join
+    /// token with which each agent joins and gets its node's credential.
+    pub fn tokens(mut self) -> Self {
+        self.tokens = true;
+        self
+    }
+
     /// Agents to start (node ids `n1` ...); 0 for a master alone.
     pub fn agents(mut self, n: usize) -> Self {
         self.agents = n;
@@ -653,7 +681,16 @@ impl ClusterBuilder {
                  {store}\
                  scheduler: {{ default_policy: {policy}, pass_interval: 250ms }}\n\
                  liveness: {{ heartbeat_interval: {hb}ms, node_timeout: {timeout}ms, suspect_after_missed: {suspect} }}\n\
-                 log: {{ level: info, format: json }}\n",
+                 log: {{ level: info, format: json }}\n\
+                 {auth}",
+                auth = if self.tokens {
+                    format!(
+                        "auth: {{ tokens: [{{ name: ops, role: admin, token: {ADMIN_TOKEN} }}, \
+                         {{ name: join, role: agent, token: {JOIN_TOKEN} }}] }}\n"
+                    )
+                } else {
+                    String::new()
+                },
                 data = serde_json::Value::from(master_dir.join("data").display().to_string()),
                 policy = self.default_policy,
                 hb = HEARTBEAT_INTERVAL.as_millis(),
@@ -663,8 +700,10 @@ impl ClusterBuilder {
             masters.push(MasterProc::start(&master_dir, &config));
         }
         let addrs: Vec<String> = masters.iter().map(|m| m.addr().to_string()).collect();
-        let client = Client::new(addrs, None).with_timeout(Duration::from_secs(10));
+        let token = self.tokens.then(|| ADMIN_TOKEN.to_string());
+        let client = Client::new(addrs, token).with_timeout(Duration::from_secs(10));
         let mut cluster = Cluster {
+            join_token: self.tokens.then(|| JOIN_TOKEN.to_string()),
             masters,
             etcd,
             agents: Vec::new(),
@@ -708,6 +747,8 @@ pub struct Cluster {
     etcd: Option<Etcd>,
     agents: Vec<AgentProc>,
     client: Client,
+    /// What the agents join with, when authentication is on.
+    join_token: Option<String>,
     scratch: PathBuf,
     kill_grace: Duration,
     fake_gpus: u32,
@@ -729,6 +770,7 @@ impl Cluster {
             kill_grace: Duration::from_millis(500),
             etcd_masters: 0,
             fake_gpus: 0,
+            tokens: false,
         }
     }
 
@@ -836,7 +878,8 @@ impl Cluster {
             .await
             .map_or(0, |n| n.registered_at_ms);
         let masters: Vec<SocketAddr> = self.masters.iter().map(MasterProc::addr).collect();
-        self.agents[i].spawn(&masters, self.kill_grace, self.fake_gpus);
+        let token = self.join_token.clone();
+        self.agents[i].spawn(&masters, self.kill_grace, self.fake_gpus, token.as_deref());
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(n) = self.client.node(&node).await {

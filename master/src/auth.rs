@@ -12,6 +12,44 @@
 use std::fmt;
 
 pub use drover_api::routes::{Role, UnknownRole};
+use drover_api::NodeId;
+
+use crate::identity;
+
+/// Who a request is from, as far as its bearer token says.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// Authentication is off: anyone may do anything.
+    Anyone,
+    /// A configured token, by its name.
+    Token { name: String, role: Role },
+    /// A node credential (DESIGN §12), not yet checked against the node's
+    /// record: only the master, which holds the hash, can tell whether it
+    /// is genuine.
+    Node { node: NodeId, credential: String },
+}
+
+impl Principal {
+    /// For logs and audit lines: a token's name, or `node <id>`.
+    pub fn name(&self) -> String {
+        match self {
+            Principal::Anyone => "anonymous".to_string(),
+            Principal::Token { name, .. } => name.clone(),
+            Principal::Node { node, .. } => format!("node {node}"),
+        }
+    }
+}
+
+// Hand-written: a credential is never printed.
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Principal::Anyone => f.write_str("Anyone"),
+            Principal::Token { name, role } => write!(f, "Token({name}, {role})"),
+            Principal::Node { node, .. } => write!(f, "Node({node})"),
+        }
+    }
+}
 
 /// Why a request was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -108,19 +146,31 @@ impl Auth {
     }
 
     /// Checks a request's `Authorization` header for a route that needs
-    /// `needed`. `Ok(Some(name))`: allowed, as the token called `name`;
-    /// `Ok(None)`: allowed because authentication is off.
+    /// `needed`, and says whom it is from. A node credential passes for the
+    /// agent role only; the master checks it against the node's record.
     pub fn check(
         &self,
         authorization_header: Option<&str>,
         needed: Role,
-    ) -> Result<Option<String>, AuthError> {
+    ) -> Result<Principal, AuthError> {
         if !self.is_enabled() {
-            return Ok(None);
+            return Ok(Principal::Anyone);
         }
         let presented = authorization_header
             .and_then(bearer_token)
             .ok_or(AuthError::Unauthenticated)?;
+        if let Some(node) = identity::claimed_node(presented) {
+            if !Role::Agent.grants(needed) {
+                return Err(AuthError::Forbidden {
+                    needed,
+                    have: Role::Agent,
+                });
+            }
+            return Ok(Principal::Node {
+                node,
+                credential: presented.to_string(),
+            });
+        }
         // Compare against every entry, whatever matches, so the time taken
         // says nothing about which token or how much of it was right.
         let mut found: Option<&Entry> = None;
@@ -131,7 +181,10 @@ impl Auth {
         }
         let entry = found.ok_or(AuthError::Unauthenticated)?;
         if entry.role.grants(needed) {
-            Ok(Some(entry.name.clone()))
+            Ok(Principal::Token {
+                name: entry.name.clone(),
+                role: entry.role,
+            })
         } else {
             Err(AuthError::Forbidden {
                 needed,
@@ -160,7 +213,7 @@ fn bearer_token(header: &str) -> Option<&str> {
 /// Equality whose running time depends only on the lengths, never on where
 /// the inputs first differ. (Lengths are not secret enough to hide: the
 /// presented one is the caller's own, and config requires 16+ characters.)
-fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
     let mut diff: u8 = u8::from(presented.len() != expected.len());
     for (i, &p) in presented.iter().enumerate() {
         let e = expected.get(i).copied().unwrap_or(0);
@@ -184,6 +237,14 @@ mod tests {
             ("ci".to_string(), Role::Submitter, SUBMITTER.to_string()),
             ("ops".to_string(), Role::Admin, ADMIN.to_string()),
         ])
+    }
+
+    /// The token name a check passed as; `None` with auth off.
+    fn who(r: Result<Principal, AuthError>) -> Result<Option<String>, AuthError> {
+        r.map(|p| match p {
+            Principal::Anyone => None,
+            other => Some(other.name()),
+        })
     }
 
     fn bearer(token: &str) -> String {
@@ -216,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_request_without_an_authorization_header_is_401() {
-        let err = auth().check(None, Role::Reader).unwrap_err();
+        let err = who(auth().check(None, Role::Reader)).unwrap_err();
         assert_eq!(err, AuthError::Unauthenticated);
         assert_eq!(err.status(), 401);
         assert_eq!(err.code(), "unauthorized");
@@ -237,7 +298,7 @@ mod tests {
             String::new(),
         ] {
             assert_eq!(
-                a.check(Some(&header), Role::Reader),
+                who(a.check(Some(&header), Role::Reader)),
                 Err(AuthError::Unauthenticated),
                 "{header:?}"
             );
@@ -248,11 +309,11 @@ mod tests {
     fn the_bearer_scheme_is_case_insensitive() {
         let a = auth();
         assert_eq!(
-            a.check(Some(&format!("bearer {ADMIN}")), Role::Admin),
+            who(a.check(Some(&format!("bearer {ADMIN}")), Role::Admin)),
             Ok(Some("ops".to_string()))
         );
         assert_eq!(
-            a.check(Some(&format!("BEARER  {ADMIN} ")), Role::Admin),
+            who(a.check(Some(&format!("BEARER  {ADMIN} ")), Role::Admin)),
             Ok(Some("ops".to_string()))
         );
     }
@@ -267,7 +328,7 @@ mod tests {
             &ADMIN.to_uppercase(),
         ] {
             assert_eq!(
-                a.check(Some(&bearer(token)), Role::Reader),
+                who(a.check(Some(&bearer(token)), Role::Reader)),
                 Err(AuthError::Unauthenticated),
                 "{token}"
             );
@@ -276,9 +337,7 @@ mod tests {
 
     #[test]
     fn a_reader_token_on_a_submitter_route_is_403_naming_both_roles() {
-        let err = auth()
-            .check(Some(&bearer(READER)), Role::Submitter)
-            .unwrap_err();
+        let err = who(auth().check(Some(&bearer(READER)), Role::Submitter)).unwrap_err();
         assert_eq!(
             err,
             AuthError::Forbidden {
@@ -297,13 +356,16 @@ mod tests {
     fn a_submitter_token_may_read_and_submit_but_not_administer() {
         let a = auth();
         let h = bearer(SUBMITTER);
-        assert_eq!(a.check(Some(&h), Role::Reader), Ok(Some("ci".to_string())));
         assert_eq!(
-            a.check(Some(&h), Role::Submitter),
+            who(a.check(Some(&h), Role::Reader)),
             Ok(Some("ci".to_string()))
         );
         assert_eq!(
-            a.check(Some(&h), Role::Admin),
+            who(a.check(Some(&h), Role::Submitter)),
+            Ok(Some("ci".to_string()))
+        );
+        assert_eq!(
+            who(a.check(Some(&h), Role::Admin)),
             Err(AuthError::Forbidden {
                 needed: Role::Admin,
                 have: Role::Submitter
@@ -312,11 +374,18 @@ mod tests {
     }
 
     #[test]
-    fn an_admin_token_can_do_everything() {
+    fn an_admin_token_can_do_everything_but_speak_for_nodes() {
         let a = auth();
-        for needed in Role::ALL {
+        assert_eq!(
+            who(a.check(Some(&bearer(ADMIN)), Role::Agent)),
+            Err(AuthError::Forbidden {
+                needed: Role::Agent,
+                have: Role::Admin
+            })
+        );
+        for needed in [Role::Reader, Role::Submitter, Role::Admin] {
             assert_eq!(
-                a.check(Some(&bearer(ADMIN)), needed),
+                who(a.check(Some(&bearer(ADMIN)), needed)),
                 Ok(Some("ops".to_string())),
                 "{needed}"
             );
@@ -324,12 +393,37 @@ mod tests {
     }
 
     #[test]
+    fn a_node_credential_passes_for_the_agent_protocol_only() {
+        let a = auth();
+        let node = NodeId::new("n1").unwrap();
+        let (credential, _) = identity::issue(&node).unwrap();
+        assert_eq!(
+            a.check(Some(&bearer(&credential)), Role::Agent),
+            Ok(Principal::Node {
+                node,
+                credential: credential.clone()
+            })
+        );
+        for needed in [Role::Reader, Role::Submitter, Role::Admin] {
+            assert_eq!(
+                who(a.check(Some(&bearer(&credential)), needed)),
+                Err(AuthError::Forbidden {
+                    needed,
+                    have: Role::Agent
+                })
+            );
+        }
+        let p = a.check(Some(&bearer(&credential)), Role::Agent).unwrap();
+        assert!(!format!("{p:?}").contains(&credential[20..]), "{p:?}");
+    }
+
+    #[test]
     fn disabled_auth_allows_every_request_with_or_without_a_header() {
         for a in [Auth::disabled(), Auth::new(Vec::new())] {
             assert!(!a.is_enabled());
             for needed in Role::ALL {
-                assert_eq!(a.check(None, needed), Ok(None));
-                assert_eq!(a.check(Some("Basic garbage"), needed), Ok(None));
+                assert_eq!(who(a.check(None, needed)), Ok(None));
+                assert_eq!(who(a.check(Some("Basic garbage"), needed)), Ok(None));
             }
         }
         assert!(auth().is_enabled());

@@ -7,6 +7,7 @@ pub mod config;
 pub mod core;
 pub mod ha;
 pub mod http;
+pub mod identity;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;

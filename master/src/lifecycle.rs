@@ -591,6 +591,8 @@ mod tests {
                 ..NodeDescriptor::default()
             },
             down: false,
+            credential_sha256: None,
+            revoked: false,
             drain: None,
             registered_at_ms: T0,
         };

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub placements: IntCounterVec,
     pub preemptions: IntCounter,
     pub reschedules: IntCounterVec,
+    /// Agent reports refused, by reason (`foreign_alloc`: about an alloc
+    /// assigned to another node).
+    pub rejected_updates: IntCounterVec,
     pub node_failures: IntCounter,
     pub http_requests: CounterVec,
     pub http_duration: HistogramVec,
@@ -182,6 +185,12 @@ impl Metrics {
                 "Tasks requeued for another attempt, by reason (restart, lost, preempted, drained)",
                 &["reason"],
             ),
+            rejected_updates: counter_vec(
+                &r,
+                "drover_rejected_agent_updates_total",
+                "Alloc updates from agents refused, by reason (foreign_alloc: the alloc is assigned to another node)",
+                &["reason"],
+            ),
             node_failures,
             http_requests,
             http_duration: histogram_vec(
@@ -210,6 +219,7 @@ impl Metrics {
         for reason in RESCHEDULE_REASONS {
             m.reschedules.with_label_values(&[reason]);
         }
+        m.rejected_updates.with_label_values(&["foreign_alloc"]);
         m
     }
 

@@ -106,6 +106,14 @@ pub struct NodeRecord {
     /// Declared down by liveness; cleared when it heartbeats or registers.
     #[serde(default)]
     pub down: bool,
+    /// SHA-256 of the node's credential (see [`crate::identity`]); `None`
+    /// for a node that joined while authentication was off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_sha256: Option<String>,
+    /// Its credential was revoked (`drover node revoke`): no agent may speak
+    /// for it again, and it stays down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Drain>,
     pub registered_at_ms: u64,

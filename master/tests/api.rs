@@ -51,6 +51,7 @@ const LEADER: &str = "10.1.2.3:7070";
 const READER_TOKEN: &str = "reader-token-0123456789";
 const SUBMITTER_TOKEN: &str = "submitter-token-0123456789";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
+const JOIN_TOKEN: &str = "agent-join-token-0123456789";
 
 /// The embedded store, with a switch that makes every commit fail as an
 /// unreachable store would (`StoreError::Unavailable`, nothing written).
@@ -122,6 +123,7 @@ impl Harness {
                 SUBMITTER_TOKEN.to_string(),
             ),
             ("ops".to_string(), Role::Admin, ADMIN_TOKEN.to_string()),
+            ("join".to_string(), Role::Agent, JOIN_TOKEN.to_string()),
         ]);
         Harness::with(Settings::default(), auth).await
     }
@@ -1878,8 +1880,15 @@ async fn a_token_whose_role_is_too_low_is_403() {
     ))
     .await
     .expect_error(403, "forbidden");
+    // Nor may an admin: agents join with an agent token.
     h.send(as_(
         ADMIN_TOKEN,
+        post("/v1/agent/register", "application/json", &reg),
+    ))
+    .await
+    .expect_error(403, "forbidden");
+    h.send(as_(
+        JOIN_TOKEN,
         post("/v1/agent/register", "application/json", &reg),
     ))
     .await
@@ -2657,6 +2666,8 @@ async fn the_served_document_is_the_checked_in_one() {
 struct Reach {
     h: Harness,
     follower: BoxedFilter<(Response,)>,
+    /// n1's credential, for the agent routes.
+    n1: String,
 }
 
 impl Reach {
@@ -2670,13 +2681,21 @@ impl Reach {
             .expect("bind a log server");
         let log_addr = listener.local_addr().expect("its address");
         tokio::spawn(warp::serve(logs).incoming(listener).run());
+        let mut n1 = String::new();
         for (id, addr) in [("n1", log_addr.to_string()), ("dark", "127.0.0.1:1".into())] {
             let mut n = node(id);
             n.desc.log_addr = addr;
             n.desc.labels.insert("logs".into(), id.into());
-            h.send(authed(post_body("/v1/agent/register", &n), ADMIN_TOKEN))
+            let joined = h
+                .send(authed(post_body("/v1/agent/register", &n), JOIN_TOKEN))
                 .await
                 .expect(200);
+            if id == "n1" {
+                n1 = joined["credential"]
+                    .as_str()
+                    .expect("a credential")
+                    .to_string();
+            }
         }
         for (name, on) in [("known", "n1"), ("stopme", "n1"), ("dark", "dark")] {
             let job = spec_with(name, 1, json!({"constraints": {"labels": {"logs": on}}}));
@@ -2688,7 +2707,7 @@ impl Reach {
         let (_, serving) = watch::channel(Serving::Follower { leader: None });
         let front = Front::new(serving, Metrics::new(), 1 << 20, LEADER.to_string());
         let follower = front_routes(front, Arc::clone(&h.auth)).boxed();
-        Reach { h, follower }
+        Reach { h, follower, n1 }
     }
 
     /// The request that should earn `status` from `route`.
@@ -2698,6 +2717,8 @@ impl Reach {
             .path
             .split('/')
             .map(|seg| match seg {
+                // Revoking n1 would leave no node for the agent routes after it.
+                "{id}" if route.id == RouteId::RevokeNode && !missing => "dark",
                 "{id}" if route.path.starts_with("/v1/nodes") => {
                     if missing {
                         "nope"
@@ -2720,9 +2741,13 @@ impl Reach {
             })
             .collect::<Vec<_>>()
             .join("/");
+        let agent = route.access == Access::Token(Role::Agent);
         let token = match status {
             401 => None,
             403 => Some(READER_TOKEN),
+            // A new node joins with the join token; n1 speaks with its own.
+            _ if agent && route.id == RouteId::AgentRegister && status != 409 => Some(JOIN_TOKEN),
+            _ if agent => Some(self.n1.as_str()),
             _ => Some(ADMIN_TOKEN),
         };
         let has_body = !matches!(route.body, Body::None);
@@ -2832,4 +2857,194 @@ async fn every_documented_status_of_every_route_is_answered() {
         }
     }
     assert!(answered.len() > ROUTES.len() * 3, "{answered:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Node identity
+// ---------------------------------------------------------------------------
+
+impl Harness {
+    async fn as_(&self, token: &str, req: RequestBuilder) -> Resp {
+        self.send(authed(req, token)).await
+    }
+
+    /// Joins `id` with the join token; its credential.
+    async fn join(&self, id: &str) -> String {
+        let v = self
+            .as_(JOIN_TOKEN, post_body("/v1/agent/register", &node(id)))
+            .await
+            .expect(200);
+        let c = v["credential"].as_str().expect("a credential").to_string();
+        assert!(c.starts_with(&format!("drover-node.{id}.")), "{c}");
+        c
+    }
+}
+
+#[tokio::test]
+async fn a_node_speaks_with_its_own_credential_and_no_other() {
+    let h = Harness::with_tokens().await;
+    let c1 = h.join("n1").await;
+    let c2 = h.join("n2").await;
+    let hb = |n: &str| post_body("/v1/agent/heartbeat", &heartbeat(n, Vec::new()));
+    let poll = |n: &str| {
+        post_body(
+            "/v1/agent/poll",
+            &PollRequest {
+                node_id: node_id_of(n),
+                known_version: 0,
+                delta: false,
+            },
+        )
+    };
+    h.as_(&c1, hb("n1")).await.expect(200);
+    h.as_(&c1, poll("n1")).await.expect(200);
+    // Another node's credential, the join token, an admin: 403.
+    for token in [c2.as_str(), JOIN_TOKEN, ADMIN_TOKEN] {
+        h.as_(token, hb("n1")).await.expect_error(403, "forbidden");
+        h.as_(token, poll("n1"))
+            .await
+            .expect_error(403, "forbidden");
+    }
+    // A forged secret under n1's name: 401.
+    let forged = format!("drover-node.n1.{}", "a".repeat(64));
+    h.as_(&forged, hb("n1"))
+        .await
+        .expect_error(401, "unauthorized");
+    // The join token cannot take over a node that has joined; its own
+    // credential re-registers it, and no new credential is handed out.
+    h.as_(JOIN_TOKEN, post_body("/v1/agent/register", &node("n1")))
+        .await
+        .expect_error(403, "forbidden");
+    let again = h
+        .as_(&c1, post_body("/v1/agent/register", &node("n1")))
+        .await
+        .expect(200);
+    assert!(again.get("credential").is_none(), "{again}");
+    // A credential is for the agent protocol only.
+    h.as_(&c1, warp::test::request().method("GET").path("/v1/jobs"))
+        .await
+        .expect_error(403, "forbidden");
+    // The store holds the credential's hash, never the credential.
+    let snapshot = h.shut_down_and_load().await;
+    let stored = String::from_utf8_lossy(&snapshot["nodes/n1"]).to_string();
+    assert!(stored.contains("credential_sha256"), "{stored}");
+    let secret = c1.rsplit('.').next().unwrap();
+    assert!(!stored.contains(secret), "{stored}");
+}
+
+#[tokio::test]
+async fn a_node_cannot_report_on_another_nodes_alloc_and_the_attempt_is_counted() {
+    let h = Harness::with_tokens().await;
+    let c1 = h.join("n1").await;
+    let c2 = h.join("n2").await;
+    let job = spec_with("render", 1, json!({"constraints": {"labels": {}}}));
+    h.as_(ADMIN_TOKEN, post_body("/v1/jobs", &job))
+        .await
+        .expect(201);
+    h.schedule().await;
+    let task = h
+        .as_(
+            ADMIN_TOKEN,
+            warp::test::request()
+                .method("GET")
+                .path("/v1/tasks/render/0"),
+        )
+        .await
+        .expect(200);
+    let owner = task["attempts"][0]["node"].as_str().unwrap().to_string();
+    let (owner_c, other, other_c) = if owner == "n1" {
+        (&c1, "n2", &c2)
+    } else {
+        (&c2, "n1", &c1)
+    };
+    h.as_(
+        owner_c,
+        post_body(
+            "/v1/agent/heartbeat",
+            &heartbeat(
+                &owner,
+                vec![update("render/0/1", AllocState::Running, None)],
+            ),
+        ),
+    )
+    .await
+    .expect(200);
+    // The other node claims the alloc succeeded: refused, and counted.
+    let forged = heartbeat(
+        other,
+        vec![update("render/0/1", AllocState::Succeeded, Some(0))],
+    );
+    h.as_(other_c, post_body("/v1/agent/heartbeat", &forged))
+        .await
+        .expect(200);
+    let alloc = h
+        .as_(
+            ADMIN_TOKEN,
+            warp::test::request()
+                .method("GET")
+                .path("/v1/allocs/render/0/1"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(alloc["state"], "running", "{alloc}");
+    let metrics = h.get("/metrics").await.text();
+    assert!(
+        metrics.contains("drover_rejected_agent_updates_total{reason=\"foreign_alloc\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_node_is_down_its_work_moves_and_its_credential_is_dead() {
+    let h = Harness::with_tokens().await;
+    let c1 = h.join("n1").await;
+    h.as_(ADMIN_TOKEN, post_body("/v1/jobs", &spec("render", 1)))
+        .await
+        .expect(201);
+    h.schedule().await;
+    // Only an admin may revoke.
+    let revoke = || {
+        warp::test::request()
+            .method("POST")
+            .path("/v1/nodes/n1/revoke")
+    };
+    h.as_(SUBMITTER_TOKEN, revoke())
+        .await
+        .expect_error(403, "forbidden");
+    let n = h.as_(ADMIN_TOKEN, revoke()).await.expect(200);
+    assert_eq!(
+        (n["state"].as_str(), n["revoked"].as_bool()),
+        (Some("down"), Some(true)),
+        "{n}"
+    );
+    let alloc = h
+        .as_(
+            ADMIN_TOKEN,
+            warp::test::request()
+                .method("GET")
+                .path("/v1/allocs/render/0/1"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(alloc["state"], "lost", "{alloc}");
+    let hb = post_body("/v1/agent/heartbeat", &heartbeat("n1", Vec::new()));
+    h.as_(&c1, hb).await.expect_error(403, "forbidden");
+    h.as_(&c1, post_body("/v1/agent/register", &node("n1")))
+        .await
+        .expect_error(403, "forbidden");
+    h.as_(JOIN_TOKEN, post_body("/v1/agent/register", &node("n1")))
+        .await
+        .expect_error(403, "forbidden");
+    // The revocation is stored: a restarted master still refuses it.
+    let h = h.restart().await;
+    let hb = post_body("/v1/agent/heartbeat", &heartbeat("n1", Vec::new()));
+    h.as_(&c1, hb).await.expect_error(403, "forbidden");
+    let n = h
+        .as_(
+            ADMIN_TOKEN,
+            warp::test::request().method("GET").path("/v1/nodes/n1"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(n["state"], "down", "{n}");
 }

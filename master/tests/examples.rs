@@ -13,7 +13,7 @@ use drover_api::protocol::{
 };
 use drover_api::views::{JobView, TaskView};
 use drover_api::{AllocState, JobSpec, TaskState};
-use drover_master::auth::Auth;
+use drover_master::auth::{Auth, Principal};
 use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
 use drover_master::http::routes;
@@ -55,7 +55,10 @@ impl Dev {
             .await
             .expect("open the master");
         for i in 1..=n {
-            master.register(dev_node(i)).await.expect("register");
+            master
+                .register(dev_node(i), &Principal::Anyone)
+                .await
+                .expect("register");
         }
         Dev { _dir: dir, master }
     }
@@ -124,19 +127,22 @@ impl Dev {
                 continue;
             };
             self.master
-                .heartbeat(HeartbeatRequest {
-                    node_id: a.node.clone(),
-                    offer: Offer::default(),
-                    usage: NodeUsage::default(),
-                    updates: vec![AllocUpdate {
-                        alloc: a.id.clone(),
-                        state: to,
-                        exit_code: None,
-                        signal: None,
-                        message: None,
-                        at_unix_ms: 1,
-                    }],
-                })
+                .heartbeat(
+                    HeartbeatRequest {
+                        node_id: a.node.clone(),
+                        offer: Offer::default(),
+                        usage: NodeUsage::default(),
+                        updates: vec![AllocUpdate {
+                            alloc: a.id.clone(),
+                            state: to,
+                            exit_code: None,
+                            signal: None,
+                            message: None,
+                            at_unix_ms: 1,
+                        }],
+                    },
+                    &Principal::Anyone,
+                )
                 .await
                 .expect("heartbeat");
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use drover_api::protocol::{AllocUpdate, HeartbeatRequest, NodeUsage, Offer};
 use drover_api::{AllocId, AllocState, JobSpec, NodeId, TaskState};
+use drover_master::auth::Principal;
 use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
 use drover_master::lifecycle;
@@ -42,10 +43,13 @@ fn nid(s: &str) -> NodeId {
 }
 
 async fn register(m: &Master, id: &str, running: Vec<AllocId>) -> Vec<AllocId> {
-    m.register(register_request(id, "127.0.0.1:1", running))
-        .await
-        .unwrap()
-        .kill
+    m.register(
+        register_request(id, "127.0.0.1:1", running),
+        &Principal::Anyone,
+    )
+    .await
+    .unwrap()
+    .kill
 }
 
 async fn heartbeat(m: &Master, id: &str) {
@@ -54,20 +58,23 @@ async fn heartbeat(m: &Master, id: &str) {
 
 async fn report(m: &Master, id: &str, updates: Vec<AllocUpdate>) {
     let resp = m
-        .heartbeat(HeartbeatRequest {
-            node_id: nid(id),
-            offer: Offer {
-                cpu_millis: 4000,
-                memory_bytes: 8 << 30,
-                free_gpus: vec![],
+        .heartbeat(
+            HeartbeatRequest {
+                node_id: nid(id),
+                offer: Offer {
+                    cpu_millis: 4000,
+                    memory_bytes: 8 << 30,
+                    free_gpus: vec![],
+                },
+                usage: NodeUsage {
+                    cpu_millis: 0,
+                    memory_bytes: 0,
+                    allocs: Default::default(),
+                },
+                updates,
             },
-            usage: NodeUsage {
-                cpu_millis: 0,
-                memory_bytes: 0,
-                allocs: Default::default(),
-            },
-            updates,
-        })
+            &Principal::Anyone,
+        )
         .await
         .unwrap();
     assert!(!resp.reregister);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use drover_api::JobSpec;
-use drover_master::auth::Auth;
+use drover_master::auth::{Auth, Principal};
 use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
 use drover_master::lifecycle;
@@ -74,9 +74,12 @@ async fn master_with_node(log_addr: String) -> (Arc<Master>, tempfile::TempDir) 
     let m = Master::open(Settings::default(), Arc::new(store), Clock::system())
         .await
         .unwrap();
-    m.register(register_request("n1", &log_addr, vec![]))
-        .await
-        .unwrap();
+    m.register(
+        register_request("n1", &log_addr, vec![]),
+        &Principal::Anyone,
+    )
+    .await
+    .unwrap();
     let spec = JobSpec::parse_yaml("name: render\ncommand: [/bin/true]\n").unwrap();
     {
         let mut c = m.lock().await;

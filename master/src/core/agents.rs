@@ -11,6 +11,8 @@ use drover_api::protocol::{
 use drover_api::{AllocId, JobType, NodeId, TaskState};
 use tokio::sync::watch;
 
+use crate::auth::{Principal, Role};
+use crate::identity;
 use crate::lifecycle;
 use crate::model::{AllocRecord, NodeRecord, TaskRecord};
 use crate::state::{Cluster, Txn};
@@ -127,12 +129,44 @@ impl Master {
         u64::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
     }
 
-    pub async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, CommitError> {
+    /// Registers a node on behalf of `who`. With authentication on, a new
+    /// node (or one from before it was on) joins with an `agent` join token
+    /// and is given its credential; a known node must present its own.
+    pub async fn register(
+        &self,
+        req: RegisterRequest,
+        who: &Principal,
+    ) -> Result<RegisterResponse, CommitError> {
         let now_ms = self.clock.wall_ms();
         let mut cluster = self.lock().await;
-        let node_id = match &req.node_id {
-            Some(id) => id.clone(),
-            None => fresh_node_id(&cluster, &req.desc.hostname),
+        let node_id = match (&req.node_id, who) {
+            (Some(id), _) => id.clone(),
+            (None, Principal::Node { node, .. }) => node.clone(),
+            (None, _) => fresh_node_id(&cluster, &req.desc.hostname),
+        };
+        let credential = match who {
+            Principal::Anyone => None,
+            Principal::Node { .. } => {
+                node_access(&cluster, who, &node_id)?;
+                None
+            }
+            Principal::Token {
+                role: Role::Agent, ..
+            } => {
+                if let Some(known) = cluster.nodes.get(&node_id) {
+                    if known.revoked || known.credential_sha256.is_some() {
+                        return Err(CommitError::Forbidden(format!(
+                            "node {node_id} has joined already: its agent must present the node's credential (a join token cannot take over a node)"
+                        )));
+                    }
+                }
+                Some(identity::issue(&node_id).map_err(|e| CommitError::Forbidden(e.to_string()))?)
+            }
+            Principal::Token { name, role } => {
+                return Err(CommitError::Forbidden(format!(
+                    "token {name} has the {role} role; agents join with an agent token"
+                )))
+            }
         };
         let changes = {
             let mut txn = Txn::new(&cluster);
@@ -150,6 +184,11 @@ impl Master {
                 id: node_id.clone(),
                 desc: req.desc.clone(),
                 down: false,
+                credential_sha256: match &credential {
+                    Some((_, hash)) => Some(hash.clone()),
+                    None => previous.as_ref().and_then(|p| p.credential_sha256.clone()),
+                },
+                revoked: false,
                 drain: previous.as_ref().and_then(|p| p.drain.clone()),
                 registered_at_ms: now_ms,
             });
@@ -171,10 +210,14 @@ impl Master {
         durable.wait().await?;
         tracing::info!(node = %node_id, hostname = %req.desc.hostname, "node registered");
         self.wake_scheduler();
+        if credential.is_some() {
+            tracing::info!(node = %node_id, by = %who.name(), "node joined: credential issued");
+        }
         Ok(RegisterResponse {
             node_id,
             heartbeat_interval_ms: self.interval_ms(),
             kill,
+            credential: credential.map(|(c, _)| c),
         })
     }
 
@@ -189,9 +232,14 @@ impl Master {
         }
     }
 
-    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, CommitError> {
+    pub async fn heartbeat(
+        &self,
+        req: HeartbeatRequest,
+        who: &Principal,
+    ) -> Result<HeartbeatResponse, CommitError> {
         let now_ms = self.clock.wall_ms();
         let mut cluster = self.lock().await;
+        node_access(&cluster, who, &req.node_id)?;
         let Some(node) = cluster.nodes.get(&req.node_id) else {
             return Ok(HeartbeatResponse {
                 heartbeat_interval_ms: self.interval_ms(),
@@ -224,6 +272,13 @@ impl Master {
             .reschedules
             .with_label_values(&["restart"])
             .inc_by(applied.restarted);
+        if applied.foreign > 0 {
+            self.metrics
+                .rejected_updates
+                .with_label_values(&["foreign_alloc"])
+                .inc_by(applied.foreign);
+            tracing::warn!(node = %req.node_id, count = applied.foreign, "rejected reports about allocs assigned to other nodes");
+        }
         if was_down {
             tracing::info!(node = %req.node_id, "node is back");
         }
@@ -234,6 +289,44 @@ impl Master {
             heartbeat_interval_ms: self.interval_ms(),
             reregister: false,
         })
+    }
+
+    /// Whether `who` may speak for `node` (polls check this before waiting).
+    pub async fn check_node(&self, who: &Principal, node: &NodeId) -> Result<(), CommitError> {
+        if *who == Principal::Anyone {
+            return Ok(());
+        }
+        node_access(&*self.lock().await, who, node)
+    }
+
+    /// Revokes a node's credential: it is down at once, its allocs lost and
+    /// requeued, and no agent may speak for it again. `false`: no such node.
+    pub async fn revoke_node(&self, node: &NodeId) -> Result<bool, CommitError> {
+        let now_ms = self.clock.wall_ms();
+        let mut cluster = self.lock().await;
+        if !cluster.nodes.contains_key(node) {
+            return Ok(false);
+        }
+        let lost = cluster.live_allocs_on(node).count() as u64;
+        let changes = {
+            let mut txn = Txn::new(&cluster);
+            lifecycle::node_down(&mut txn, node, now_ms);
+            if let Some(n) = txn.node_mut(node) {
+                n.revoked = true;
+                n.credential_sha256 = None;
+            }
+            txn.into_changes()
+        };
+        let durable = self.stage(&mut cluster, changes);
+        drop(cluster);
+        durable.wait().await?;
+        self.metrics
+            .reschedules
+            .with_label_values(&["lost"])
+            .inc_by(lost);
+        tracing::warn!(node = %node, lost, "node credential revoked: node down");
+        self.wake_scheduler();
+        Ok(true)
     }
 
     /// The node's desired allocs and the version they are at, once durable:
@@ -372,6 +465,8 @@ struct Applied {
     ended: bool,
     /// Tasks whose attempt ended and that their restart policy requeued.
     restarted: u64,
+    /// Reports about allocs assigned to another node: refused.
+    foreign: u64,
 }
 
 fn apply_reports(
@@ -382,6 +477,10 @@ fn apply_reports(
 ) -> Applied {
     let mut applied = Applied::default();
     for u in updates {
+        if txn.alloc(&u.alloc).is_some_and(|a| a.node != *node) {
+            applied.foreign += 1;
+            continue;
+        }
         // Only the task's latest attempt moves the task; a task pending
         // after that attempt ended was requeued by its restart policy.
         let latest = txn
@@ -410,6 +509,39 @@ fn apply_reports(
 }
 
 /// A node id from the hostname, made unique.
+/// Whether `who` may speak for `node`: with authentication on, only with
+/// that node's own, unrevoked credential.
+fn node_access(cluster: &Cluster, who: &Principal, node: &NodeId) -> Result<(), CommitError> {
+    match who {
+        Principal::Anyone => Ok(()),
+        Principal::Token { name, .. } => Err(CommitError::Forbidden(format!(
+            "token {name} cannot speak for node {node}: after joining, an agent calls with its node's credential"
+        ))),
+        Principal::Node {
+            node: claimed,
+            credential,
+        } => {
+            if claimed != node {
+                return Err(CommitError::Forbidden(format!(
+                    "this credential is node {claimed}'s, not node {node}'s"
+                )));
+            }
+            let record = cluster.nodes.get(node);
+            if record.is_some_and(|n| n.revoked) {
+                return Err(CommitError::Forbidden(format!(
+                    "node {node}'s credential was revoked"
+                )));
+            }
+            match record.and_then(|n| n.credential_sha256.as_deref()) {
+                Some(hash) if identity::verify(credential, hash) => Ok(()),
+                _ => Err(CommitError::Unauthenticated(format!(
+                    "not a valid credential for node {node}"
+                ))),
+            }
+        }
+    }
+}
+
 fn fresh_node_id(cluster: &Cluster, hostname: &str) -> NodeId {
     let base: String = hostname
         .chars()

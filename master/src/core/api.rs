@@ -338,6 +338,7 @@ fn node_view(c: &Cluster, n: &NodeRecord) -> NodeView {
         id: n.id.clone(),
         desc: n.desc.clone(),
         down: n.down,
+        revoked: n.revoked,
         drain: n.drain.as_ref().map(|d| DrainView {
             started_at_ms: d.started_at_ms,
             deadline_ms: d.deadline_ms,

@@ -80,6 +80,12 @@ pub enum CommitError {
     /// The request contradicts what the master knows (HTTP 409).
     #[error("{0}")]
     Conflict(String),
+    /// The caller has no valid credential for the node it speaks for (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this, whoever it is (403).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 #[derive(Debug)]

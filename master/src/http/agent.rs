@@ -18,18 +18,19 @@ pub(super) async fn register(call: Call) -> Answer {
             ),
         ));
     }
-    ok(&master.register(req).await?)
+    ok(&master.register(req, &call.principal).await?)
 }
 
 pub(super) async fn heartbeat(call: Call) -> Answer {
     let master = call.master()?;
     let req: HeartbeatRequest = call.json()?;
-    ok(&master.heartbeat(req).await?)
+    ok(&master.heartbeat(req, &call.principal).await?)
 }
 
 pub(super) async fn poll(call: Call) -> Answer {
     let master = call.master()?;
     let req: PollRequest = call.json()?;
+    master.check_node(&call.principal, &req.node_id).await?;
     match master.poll(&req.node_id, req.known_version, req.delta).await {
         Some(answer) => ok(&answer),
         None => Err(ApiError::retry_soon(

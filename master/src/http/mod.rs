@@ -24,7 +24,7 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::auth::{Auth, AuthError, Role};
+use crate::auth::{Auth, AuthError, Principal, Role};
 use crate::core::{CommitError, Master};
 use crate::role::{Front, Serving};
 
@@ -135,8 +135,19 @@ impl ApiError {
 
 impl From<CommitError> for ApiError {
     fn from(e: CommitError) -> Self {
-        if let CommitError::Conflict(msg) = e {
-            return ApiError::new(StatusCode::CONFLICT, "conflict", msg);
+        match e {
+            CommitError::Conflict(msg) => {
+                return ApiError::new(StatusCode::CONFLICT, "conflict", msg)
+            }
+            CommitError::Unauthenticated(msg) => {
+                let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg);
+                e.www_authenticate = AuthError::Unauthenticated.www_authenticate();
+                return e;
+            }
+            CommitError::Forbidden(msg) => {
+                return ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg)
+            }
+            CommitError::Store(_) => {}
         }
         tracing::warn!(error = %e, "write not committed");
         ApiError::retry_soon("unavailable", e.to_string())
@@ -167,6 +178,8 @@ struct Call {
     front: Front,
     /// Resolved before the body is read when the route needs the leader.
     master: Option<Arc<Master>>,
+    /// Who the request is from (`Anyone` on open routes).
+    principal: Principal,
     params: Vec<String>,
     query: String,
     content_type: Option<String>,
@@ -257,6 +270,7 @@ async fn dispatch(id: RouteId, call: Call) -> Answer {
         RouteId::ListNodes => nodes::list(call).await,
         RouteId::GetNode => nodes::get(call).await,
         RouteId::DrainNode => nodes::drain(call).await,
+        RouteId::RevokeNode => nodes::revoke(call).await,
         RouteId::GetCluster => status::cluster(call).await,
         RouteId::GetLeader => status::leader(call),
         RouteId::GetOpenapi => Ok(status::openapi()),
@@ -360,7 +374,7 @@ fn route_filter(
         Method::Delete => warp::delete().boxed(),
     };
     let token = match route.access {
-        Access::Open => warp::any().boxed(),
+        Access::Open => warp::any().map(|| Principal::Anyone).boxed(),
         Access::Token(role) => allow(Arc::clone(auth), role),
     };
     let master = {
@@ -395,32 +409,33 @@ fn route_filter(
         .and(query)
         .and(warp::header::optional::<String>("content-type"))
         .and(body)
-        .then(move |params, master, query, content_type, body| {
-            let call = Call {
-                front: front.clone(),
-                master,
-                params,
-                query,
-                content_type,
-                body,
-            };
-            dispatch(route.id, call)
-        })
+        .then(
+            move |params, principal, master, query, content_type, body| {
+                let call = Call {
+                    front: front.clone(),
+                    master,
+                    principal,
+                    params,
+                    query,
+                    content_type,
+                    body,
+                };
+                dispatch(route.id, call)
+            },
+        )
         .map(answer)
         .boxed()
 }
 
-/// Passes requests whose token grants `role`.
-fn allow(auth: Arc<Auth>, role: Role) -> BoxedFilter<()> {
+/// Passes requests whose token grants `role`, as whom they are from.
+fn allow(auth: Arc<Auth>, role: Role) -> BoxedFilter<(Principal,)> {
     warp::header::optional::<String>("authorization")
         .and_then(move |h: Option<String>| {
             let checked = auth
                 .check(h.as_deref(), role)
-                .map(|_| ())
                 .map_err(|e| warp::reject::custom(ApiError::auth(e)));
             async move { checked }
         })
-        .untuple_one()
         .boxed()
 }
 

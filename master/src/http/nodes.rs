@@ -37,3 +37,12 @@ pub(super) async fn drain(call: Call) -> Answer {
     }
     found(master.node(&id).await, format!("node {id}"))
 }
+
+pub(super) async fn revoke(call: Call) -> Answer {
+    let master = call.master()?;
+    let id = node_id(call.param(0))?;
+    if !master.revoke_node(&id).await? {
+        return Err(ApiError::not_found(format!("node {id}")));
+    }
+    found(master.node(&id).await, format!("node {id}"))
+}
