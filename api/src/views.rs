@@ -27,6 +27,10 @@ pub struct JobView {
     /// The policy that places the job (its own, or the master's default).
     pub policy: String,
     pub submitted_at_ms: u64,
+    /// The name of the token that submitted it (absent when the master has
+    /// no tokens). A submitter may update, stop or purge only its own jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Task counts by state; states with no task are left out.
     pub tasks: BTreeMap<TaskState, u32>,
     /// Only in `GET /v1/jobs/{id}`.

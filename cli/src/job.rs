@@ -169,6 +169,7 @@ async fn list(ctx: &Ctx, state: Option<JobState>) -> anyhow::Result<u8> {
         "TYPE",
         "VERSION",
         "PRIORITY",
+        "OWNER",
         "SUBMITTED",
         "TASKS",
     ]);
@@ -179,6 +180,7 @@ async fn list(ctx: &Ctx, state: Option<JobState>) -> anyhow::Result<u8> {
             j.job_type.to_string(),
             j.version.to_string(),
             j.priority.to_string(),
+            j.owner.clone().unwrap_or_else(|| "-".to_string()),
             ago(j.submitted_at_ms, now),
             output::counts(&j.tasks),
         ]);

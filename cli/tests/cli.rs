@@ -626,13 +626,15 @@ fn job_ls_and_job_status_show_jobs_in_tables_and_json() {
             "TYPE",
             "VERSION",
             "PRIORITY",
+            "OWNER",
             "SUBMITTED",
             "TASKS"
         ])
     );
+    // No tokens here: jobs belong to no one.
     assert_eq!(
-        &ls.row("hello")[..5],
-        ["hello", "complete", "batch", "1", "50"]
+        &ls.row("hello")[..6],
+        ["hello", "complete", "batch", "1", "50", "-"]
     );
     assert_eq!(&ls.row("big")[..2], ["big", "pending"]);
     assert!(

@@ -389,6 +389,11 @@ pub struct MasterProc {
 }
 
 impl MasterProc {
+    /// The master's log (JSON lines).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// Starts a master with `config` (YAML) in `dir`, listening on an
     /// ephemeral port that it reports in its JSON log ("master listening").
     fn start(dir: &Path, config: &str) -> MasterProc {
@@ -601,6 +606,9 @@ pub struct ClusterBuilder {
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 /// With [`ClusterBuilder::tokens`]: the agents' join token (agent role).
 pub const JOIN_TOKEN: &str = "e2e-join-token-0123456789";
+/// With [`ClusterBuilder::tokens`]: two submitters, `ci` and `other`.
+pub const CI_TOKEN: &str = "e2e-ci-token-0123456789";
+pub const OTHER_TOKEN: &str = "e2e-other-token-0123456789";
 
 impl ClusterBuilder {
     /// Authentication on: an admin token for the client and an agent join
@@ -686,7 +694,9 @@ impl ClusterBuilder {
                 auth = if self.tokens {
                     format!(
                         "auth: {{ tokens: [{{ name: ops, role: admin, token: {ADMIN_TOKEN} }}, \
-                         {{ name: join, role: agent, token: {JOIN_TOKEN} }}] }}\n"
+                         {{ name: join, role: agent, token: {JOIN_TOKEN} }}, \
+                         {{ name: ci, role: submitter, token: {CI_TOKEN} }}, \
+                         {{ name: other, role: submitter, token: {OTHER_TOKEN} }}] }}\n"
                     )
                 } else {
                     String::new()

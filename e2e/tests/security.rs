@@ -1,12 +1,14 @@
-//! Node identity on real binaries: an agent joins with a join token, keeps
-//! the credential it is given (0600), speaks with it from then on (across
-//! a restart), and is shut out once an operator revokes it.
+//! Identity on real binaries: an agent joins with a join token, keeps the
+//! credential it is given (0600), speaks with it from then on (across a
+//! restart), and is shut out once an operator revokes it; a submitter may
+//! change only its own jobs, and every write leaves one audit line.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use drover_api::client::{Client, SpecFormat};
 use drover_api::{JobState, NodeState};
-use drover_e2e::{eventually, Cluster, Job, JOIN_TOKEN};
+use drover_e2e::{eventually, Cluster, Job, CI_TOKEN, JOIN_TOKEN, OTHER_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -65,4 +67,61 @@ async fn an_agent_joins_keeps_its_credential_across_a_restart_and_is_shut_out_wh
     .await;
     let log = std::fs::read_to_string(cluster.agent(0).log_path()).unwrap_or_default();
     assert!(log.contains("revoked"), "the agent's log says why:\n{log}");
+}
+
+#[tokio::test]
+async fn a_submitter_may_stop_only_its_own_jobs_and_every_write_is_audited_once() {
+    let cluster = Cluster::builder().agents(1).tokens().start().await;
+    let addrs = cluster.master_addrs();
+    let ci = Client::new(addrs.clone(), Some(CI_TOKEN.to_string()));
+    let other = Client::new(addrs, Some(OTHER_TOKEN.to_string()));
+    let spec = Job::batch("mine", "sleep 30").to_json();
+    ci.submit(&spec, SpecFormat::Json)
+        .await
+        .expect("ci submits");
+    let id = Job::batch("mine", "").id();
+    assert_eq!(cluster.job(&id).await.owner.as_deref(), Some("ci"));
+    let refused = other.stop(&id, true).await.expect_err("not other's job");
+    assert!(refused.to_string().contains("belongs to ci"), "{refused}");
+    assert_ne!(cluster.job(&id).await.state, JobState::Stopped);
+    ci.stop(&id, false).await.expect("ci stops its own job");
+    cluster
+        .client()
+        .stop(&id, true)
+        .await
+        .expect("an admin purges any job");
+
+    // One JSON line per write on the drover::audit target: who, what, outcome.
+    let log = std::fs::read_to_string(cluster.master().log_path()).unwrap();
+    let audit: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "drover::audit")
+        .collect();
+    let seen: Vec<(String, String, u64)> = audit
+        .iter()
+        .filter(|v| v["fields"]["action"] != "agent_register")
+        .map(|v| {
+            let f = &v["fields"];
+            (
+                f["who"].as_str().unwrap_or_default().to_string(),
+                f["action"].as_str().unwrap_or_default().to_string(),
+                f["status"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let expect = [
+        ("ci", "submit_job", 201),
+        ("other", "stop_job", 403),
+        ("ci", "stop_job", 200),
+        ("ops", "stop_job", 200),
+    ]
+    .map(|(w, a, s)| (w.to_string(), a.to_string(), s));
+    assert_eq!(seen, expect, "{audit:#?}");
+    assert!(
+        audit
+            .iter()
+            .any(|v| v["fields"]["action"] == "agent_register" && v["fields"]["who"] == "join"),
+        "the agent's join is audited too: {audit:#?}"
+    );
 }

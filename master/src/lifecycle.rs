@@ -95,6 +95,7 @@ pub fn submit(txn: &mut Txn<'_>, spec: JobSpec, now_ms: u64) -> Submitted {
             submit_seq: txn.next_seq(),
             submitted_at_ms: now_ms,
             stopped: false,
+            owner: None,
         };
         txn.put_job(job);
         for index in 0..count {

@@ -22,6 +22,10 @@ pub struct JobRecord {
     /// Set by `DELETE /v1/jobs/{id}`.
     #[serde(default)]
     pub stopped: bool,
+    /// The name of the token that first submitted it; `None` when
+    /// authentication was off. A submitter may change only its own jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One task of a job and its attempts.

@@ -52,6 +52,7 @@ const READER_TOKEN: &str = "reader-token-0123456789";
 const SUBMITTER_TOKEN: &str = "submitter-token-0123456789";
 const ADMIN_TOKEN: &str = "admin-token-0123456789";
 const JOIN_TOKEN: &str = "agent-join-token-0123456789";
+const OTHER_SUBMITTER_TOKEN: &str = "other-submitter-token-0123456789";
 
 /// The embedded store, with a switch that makes every commit fail as an
 /// unreachable store would (`StoreError::Unavailable`, nothing written).
@@ -124,6 +125,11 @@ impl Harness {
             ),
             ("ops".to_string(), Role::Admin, ADMIN_TOKEN.to_string()),
             ("join".to_string(), Role::Agent, JOIN_TOKEN.to_string()),
+            (
+                "other".to_string(),
+                Role::Submitter,
+                OTHER_SUBMITTER_TOKEN.to_string(),
+            ),
         ]);
         Harness::with(Settings::default(), auth).await
     }
@@ -3047,4 +3053,99 @@ async fn a_revoked_node_is_down_its_work_moves_and_its_credential_is_dead() {
         .await
         .expect(200);
     assert_eq!(n["state"], "down", "{n}");
+}
+
+// ---------------------------------------------------------------------------
+// Job ownership
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_submitter_changes_only_its_own_jobs_and_an_admin_any() {
+    let h = Harness::with_tokens().await;
+    h.as_(SUBMITTER_TOKEN, post_body("/v1/jobs", &spec("mine", 1)))
+        .await
+        .expect(201);
+    let job = h
+        .as_(
+            READER_TOKEN,
+            warp::test::request().method("GET").path("/v1/jobs/mine"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(job["owner"], "ci", "{job}");
+    let listed = h
+        .as_(
+            READER_TOKEN,
+            warp::test::request().method("GET").path("/v1/jobs"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(listed[0]["owner"], "ci", "{listed}");
+
+    // Another submitter may neither update, stop nor purge it.
+    let err = h
+        .as_(
+            OTHER_SUBMITTER_TOKEN,
+            post_body("/v1/jobs", &spec("mine", 2)),
+        )
+        .await
+        .expect_error(403, "forbidden");
+    assert!(
+        err["message"].as_str().unwrap().contains("belongs to ci"),
+        "{err}"
+    );
+    for path in ["/v1/jobs/mine", "/v1/jobs/mine?purge=true"] {
+        h.as_(
+            OTHER_SUBMITTER_TOKEN,
+            warp::test::request().method("DELETE").path(path),
+        )
+        .await
+        .expect_error(403, "forbidden");
+    }
+    let job = h
+        .as_(
+            READER_TOKEN,
+            warp::test::request().method("GET").path("/v1/jobs/mine"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        (job["version"].as_u64(), job["state"].as_str()),
+        (Some(1), Some("pending")),
+        "{job}"
+    );
+
+    // Its owner may; an admin may too, and taking over keeps the owner.
+    h.as_(SUBMITTER_TOKEN, post_body("/v1/jobs", &spec("mine", 2)))
+        .await
+        .expect(200);
+    h.as_(ADMIN_TOKEN, post_body("/v1/jobs", &spec("mine", 3)))
+        .await
+        .expect(200);
+    let job = h
+        .as_(
+            READER_TOKEN,
+            warp::test::request().method("GET").path("/v1/jobs/mine"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        (job["version"].as_u64(), job["owner"].as_str()),
+        (Some(3), Some("ci")),
+        "{job}"
+    );
+    h.as_(
+        SUBMITTER_TOKEN,
+        warp::test::request().method("DELETE").path("/v1/jobs/mine"),
+    )
+    .await
+    .expect(200);
+    h.as_(
+        ADMIN_TOKEN,
+        warp::test::request()
+            .method("DELETE")
+            .path("/v1/jobs/mine?purge=true"),
+    )
+    .await
+    .expect(200);
 }

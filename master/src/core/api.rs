@@ -13,6 +13,7 @@ use drover_api::{AllocId, JobId, JobSpec, JobState, NodeId, NodeState, TaskId, T
 use scheduler_policies::{registry, Decision, TaskRequest};
 
 use super::{CommitError, Master};
+use crate::auth::{Principal, Role};
 use crate::lifecycle::{self, Submitted};
 use crate::model::{AllocRecord, JobRecord, NodeRecord, TaskRecord};
 use crate::state::{Cluster, Held, Txn};
@@ -30,14 +31,27 @@ pub enum LogSourceError {
 }
 
 impl Master {
-    /// Submits a job, or a new version of it; answers once it is durable.
-    pub async fn submit(&self, spec: JobSpec) -> Result<SubmitAnswer, CommitError> {
+    /// Submits a job, or a new version of it, for `who`; answers once it is
+    /// durable. A new job belongs to `who`'s token.
+    pub async fn submit(
+        &self,
+        spec: JobSpec,
+        who: &Principal,
+    ) -> Result<SubmitAnswer, CommitError> {
         let now_ms = self.clock.wall_ms();
         let id = spec.name.clone();
         let mut cluster = self.lock().await;
+        if let Some(job) = cluster.jobs.get(&id) {
+            may_change(who, job)?;
+        }
         let (outcome, changes) = {
             let mut txn = Txn::new(&cluster);
             let outcome = lifecycle::submit(&mut txn, spec, now_ms);
+            if outcome == Submitted::Created {
+                if let (Some(job), Principal::Token { name, .. }) = (txn.job_mut(&id), who) {
+                    job.owner = Some(name.clone());
+                }
+            }
             (outcome, txn.into_changes())
         };
         let durable = self.stage(&mut cluster, changes);
@@ -63,17 +77,19 @@ impl Master {
         Ok(SubmitAnswer { job, outcome })
     }
 
-    /// Stops a job (or purges it); `None` when there is no such job.
+    /// Stops a job (or purges it) for `who`; `None` when there is no such job.
     pub async fn stop_job(
         &self,
         id: &JobId,
         purge: bool,
+        who: &Principal,
     ) -> Result<Option<StopAnswer>, CommitError> {
         let now_ms = self.clock.wall_ms();
         let mut cluster = self.lock().await;
-        if !cluster.jobs.contains_key(id) {
+        let Some(job) = cluster.jobs.get(id) else {
             return Ok(None);
-        }
+        };
+        may_change(who, job)?;
         let changes = {
             let mut txn = Txn::new(&cluster);
             if purge {
@@ -254,6 +270,27 @@ impl Master {
     }
 }
 
+/// Whether `who` may update, stop or purge `job`: an admin any job, a
+/// submitter its own (one submitted while authentication was off belongs to
+/// no one, so to admins only).
+fn may_change(who: &Principal, job: &JobRecord) -> Result<(), CommitError> {
+    match who {
+        Principal::Anyone => Ok(()),
+        Principal::Token {
+            role: Role::Admin, ..
+        } => Ok(()),
+        Principal::Token { name, .. } if job.owner.as_deref() == Some(name.as_str()) => Ok(()),
+        _ => Err(CommitError::Forbidden(match &job.owner {
+            Some(owner) => format!(
+                "job {} belongs to {owner}; {} may change only its own jobs",
+                job.id,
+                who.name()
+            ),
+            None => format!("job {} has no owner: only an admin may change it", job.id),
+        })),
+    }
+}
+
 fn job_view(master: &Master, c: &Cluster, j: &JobRecord, with_spec: bool) -> JobView {
     JobView {
         id: j.id.clone(),
@@ -267,6 +304,7 @@ fn job_view(master: &Master, c: &Cluster, j: &JobRecord, with_spec: bool) -> Job
             .name()
             .to_string(),
         submitted_at_ms: j.submitted_at_ms,
+        owner: j.owner.clone(),
         tasks: c.job_counts(&j.id).0,
         spec: with_spec.then(|| j.spec.clone()),
     }

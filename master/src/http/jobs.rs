@@ -15,7 +15,7 @@ pub(super) fn job_id(raw: &str) -> Result<JobId, ApiError> {
 pub(super) async fn submit(call: Call) -> Answer {
     let master = call.master()?;
     let spec = call.spec()?;
-    let answer = master.submit(spec).await?;
+    let answer = master.submit(spec, &call.principal).await?;
     let status = match answer.outcome {
         SubmitOutcome::Created => StatusCode::CREATED,
         SubmitOutcome::Unchanged | SubmitOutcome::Updated => StatusCode::OK,
@@ -45,7 +45,10 @@ pub(super) async fn stop(call: Call) -> Answer {
     let master = call.master()?;
     let id = job_id(call.param(0))?;
     let q: StopQuery = call.query()?;
-    found(master.stop_job(&id, q.purge).await?, format!("job {id}"))
+    found(
+        master.stop_job(&id, q.purge, &call.principal).await?,
+        format!("job {id}"),
+    )
 }
 
 pub(super) async fn tasks(call: Call) -> Answer {

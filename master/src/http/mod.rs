@@ -375,7 +375,7 @@ fn route_filter(
     };
     let token = match route.access {
         Access::Open => warp::any().map(|| Principal::Anyone).boxed(),
-        Access::Token(role) => allow(Arc::clone(auth), role),
+        Access::Token(role) => allow(Arc::clone(auth), role, route),
     };
     let master = {
         let front = front.clone();
@@ -410,7 +410,9 @@ fn route_filter(
         .and(warp::header::optional::<String>("content-type"))
         .and(body)
         .then(
-            move |params, principal, master, query, content_type, body| {
+            move |params: Vec<String>, principal: Principal, master, query, content_type, body| {
+                let who = principal.name();
+                let target = fill(route.path, &params);
                 let call = Call {
                     front: front.clone(),
                     master,
@@ -420,23 +422,83 @@ fn route_filter(
                     content_type,
                     body,
                 };
-                dispatch(route.id, call)
+                async move {
+                    let answer = dispatch(route.id, call).await;
+                    if audited(route) {
+                        let status = match &answer {
+                            Ok(r) => r.status(),
+                            Err(e) => e.status,
+                        };
+                        audit(route, &who, &target, status);
+                    }
+                    answer
+                }
             },
         )
         .map(answer)
         .boxed()
 }
 
-/// Passes requests whose token grants `role`, as whom they are from.
-fn allow(auth: Arc<Auth>, role: Role) -> BoxedFilter<(Principal,)> {
+/// Passes requests whose token grants `role`, as whom they are from. A
+/// refused write is audited here, since it never reaches its handler.
+fn allow(auth: Arc<Auth>, role: Role, route: &'static Route) -> BoxedFilter<(Principal,)> {
     warp::header::optional::<String>("authorization")
         .and_then(move |h: Option<String>| {
-            let checked = auth
-                .check(h.as_deref(), role)
-                .map_err(|e| warp::reject::custom(ApiError::auth(e)));
+            let checked = auth.check(h.as_deref(), role).map_err(|e| {
+                if audited(route) {
+                    let who = match e {
+                        AuthError::Unauthenticated => "unauthenticated".to_string(),
+                        AuthError::Forbidden { have, .. } => format!("a {have} token"),
+                    };
+                    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+                    audit(route, &who, route.path, status);
+                }
+                warp::reject::custom(ApiError::auth(e))
+            });
             async move { checked }
         })
         .boxed()
+}
+
+/// Writes that are audited: every call that can change the cluster but the
+/// agent protocol's routine (heartbeats and polls, many per second, whose
+/// effects show in task and alloc histories). Registrations are audited.
+fn audited(route: &Route) -> bool {
+    route.method != Method::Get
+        && !matches!(
+            route.id,
+            RouteId::PlanJob | RouteId::AgentHeartbeat | RouteId::AgentPoll
+        )
+}
+
+/// One line per write, on a target of its own (`drover::audit`), so that it
+/// can be kept, shipped or filtered apart from the rest of the log.
+fn audit(route: &Route, who: &str, target: &str, status: StatusCode) {
+    tracing::info!(
+        target: "drover::audit",
+        who,
+        action = %route.id.name(),
+        target,
+        status = status.as_u16(),
+        outcome = if status.is_success() { "done" } else { "refused" },
+        "audit"
+    );
+}
+
+/// The route's path with its parameters filled in: what was acted on.
+fn fill(pattern: &str, params: &[String]) -> String {
+    let mut params = params.iter();
+    pattern
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('{') {
+                params.next().map_or(seg, String::as_str)
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Every route, with auth, body limits, JSON errors and request metrics,
