@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::client::{ClientError, MasterClient};
 use crate::executor::{self, ExecError, Executor, Exited, Launch, LaunchSpec, Prepare, Prepared};
 use crate::fingerprint::Probe;
+use crate::logs::LogKey;
 use crate::metrics::AgentMetrics;
 
 /// What the agent loop needs to know, from the config file and fingerprint.
@@ -43,6 +44,8 @@ pub struct AgentSettings {
     pub stop_after_disconnect: Option<Duration>,
     /// How long a long poll may be held (longer than the master's poll timeout).
     pub poll_wait: Duration,
+    /// Set from each registration's answer; the log server checks with it.
+    pub log_key: LogKey,
 }
 
 fn now_ms() -> u64 {
@@ -246,6 +249,7 @@ impl Agent {
                     if let Err(e) = store_node_id(&self.settings.data_dir, &resp.node_id) {
                         tracing::warn!(error = %e, "could not keep the node id in the data dir");
                     }
+                    self.settings.log_key.set(resp.log_key);
                     if let Some(credential) = resp.credential {
                         match store_credential(&self.settings.data_dir, &credential) {
                             Ok(()) => {

@@ -36,7 +36,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use drover_api::{AllocId, JobId};
+use drover_api::{capability, AllocId, JobId};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use warp::http::{HeaderValue, StatusCode};
@@ -426,30 +426,62 @@ fn error_reply(
 struct Ctx {
     data_dir: Arc<PathBuf>,
     stop: watch::Receiver<bool>,
+    key: LogKey,
 }
 
-/// The log server's routes: logs, `/metrics`, `/healthz`. Follow streams
-/// run until their alloc finishes or the client goes away.
+/// The node's log key, as the master gave it at registration: shared by the
+/// agent, which sets it, and its log server, which checks each request's
+/// capability with it (`drover_api::capability`). Until the agent has
+/// registered there is none, and no log is served.
+#[derive(Clone, Default)]
+pub struct LogKey(Arc<std::sync::RwLock<Option<String>>>);
+
+impl LogKey {
+    pub fn set(&self, key: Option<String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+// Hand-written: the key is never printed.
+impl std::fmt::Debug for LogKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.read().map(|k| k.is_some()).unwrap_or(false);
+        write!(f, "LogKey({})", if set { "set" } else { "unset" })
+    }
+}
+
+/// The log server's routes: logs (for the master only: each request must
+/// carry a capability signed with `key`), and `/metrics` and `/healthz`,
+/// which stay open: Prometheus scrapes agents without a token, and neither
+/// tells anything about a task's output. Follow streams run until their
+/// alloc finishes or the client goes away.
 pub fn log_routes(
     data_dir: PathBuf,
     metrics: AgentMetrics,
+    key: LogKey,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
 {
     // Never signalled (the sender is dropped at once; readers only look at
     // the value): these routes stop only with their server.
     let (_, rx) = watch::channel(false);
-    routes(data_dir, metrics, rx)
+    routes(data_dir, metrics, key, rx)
 }
 
 fn routes(
     data_dir: PathBuf,
     metrics: AgentMetrics,
+    key: LogKey,
     stop: watch::Receiver<bool>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone + Send + Sync + 'static
 {
     let ctx = Ctx {
         data_dir: Arc::new(data_dir),
         stop,
+        key,
     };
     let with_ctx = warp::any().map(move || ctx.clone());
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
@@ -458,10 +490,16 @@ fn routes(
             "v1" / "allocs" / String / String / String / "logs"
         ))
         .and(raw_query)
+        .and(warp::header::optional::<String>("authorization"))
         .and(with_ctx)
         .then(
-            |job: String, index: String, attempt: String, query: String, ctx: Ctx| async move {
-                logs_reply(&job, &index, &attempt, &query, ctx).await
+            |job: String,
+             index: String,
+             attempt: String,
+             query: String,
+             auth: Option<String>,
+             ctx: Ctx| async move {
+                logs_reply(&job, &index, &attempt, &query, auth.as_deref(), ctx).await
             },
         );
     let metrics_route = warp::get().and(warp::path!("metrics")).map(move || {
@@ -502,6 +540,7 @@ async fn logs_reply(
     index: &str,
     attempt: &str,
     query: &str,
+    authorization: Option<&str>,
     ctx: Ctx,
 ) -> warp::reply::Response {
     let text = format!("{job}/{index}/{attempt}");
@@ -509,6 +548,22 @@ async fn logs_reply(
         Ok(a) => a,
         Err(e) => return error_reply(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
     };
+    let capability = authorization.and_then(|h| {
+        let (scheme, rest) = h.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if let Err(e) = capability::verify(ctx.key.get().as_deref(), &alloc, capability, now_ms) {
+        tracing::warn!(alloc = %alloc, error = %e, "log request refused");
+        let mut resp = error_reply(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+        resp.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Bearer realm=\"drover-logs\""),
+        );
+        return resp;
+    }
     let q = match LogQuery::parse(query) {
         Ok(q) => q,
         Err(msg) => return error_reply(StatusCode::BAD_REQUEST, "bad_request", msg),
@@ -699,6 +754,7 @@ pub async fn serve(
     listener: TcpListener,
     data_dir: PathBuf,
     metrics: AgentMetrics,
+    key: LogKey,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -709,7 +765,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    warp::serve(routes(data_dir, metrics, stop_rx))
+    warp::serve(routes(data_dir, metrics, key, stop_rx))
         .incoming(listener)
         .graceful(shutdown)
         .run()

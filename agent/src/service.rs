@@ -15,6 +15,7 @@ use crate::agent::{Agent, AgentSettings};
 use crate::config::{AgentConfig, ConfigError};
 use crate::executor::{ExecConfig, ExecError, Executor};
 use crate::fingerprint::Probe;
+use crate::logs::LogKey;
 use crate::metrics::AgentMetrics;
 
 /// How long a long poll may be held; longer than any master's poll timeout.
@@ -107,6 +108,7 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
         kill_grace: config.kill_grace,
         stop_after_disconnect: config.stop_after_disconnect,
         poll_wait: POLL_WAIT,
+        log_key: LogKey::default(),
     };
     let metrics = AgentMetrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -114,6 +116,7 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
         listener,
         config.data_dir.clone(),
         metrics.clone(),
+        settings.log_key.clone(),
         stopped(stop_rx.clone()),
     ));
     let agent = Agent::new(settings, executor, probe, metrics);

@@ -47,6 +47,7 @@ fn agent_with(
         kill_grace: Duration::from_secs(2),
         stop_after_disconnect,
         poll_wait: Duration::from_secs(1),
+        log_key: Default::default(),
     };
     let probe = Probe::new(&AgentConfig::default());
     Agent::new(settings, executor, probe, AgentMetrics::new())

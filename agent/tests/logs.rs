@@ -6,15 +6,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use drover_agent::logs::{self, alloc_dir, gc, rotate, rotated_path, Retention, Stream};
+use drover_agent::logs::{self, alloc_dir, gc, rotate, rotated_path, LogKey, Retention, Stream};
 use drover_agent::metrics::AgentMetrics;
-use drover_api::AllocId;
+use drover_api::{capability, AllocId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(10);
+/// The log key these servers are given, as a master would at registration.
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 struct Server {
     addr: SocketAddr,
@@ -28,10 +30,13 @@ async fn start(data_dir: &Path) -> Server {
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let metrics = AgentMetrics::new();
+    let key = LogKey::default();
+    key.set(Some(KEY.to_string()));
     let task = tokio::spawn(logs::serve(
         listener,
         data_dir.to_path_buf(),
         metrics.clone(),
+        key,
         async move {
             let _ = rx.await;
         },
@@ -78,9 +83,37 @@ impl Resp {
     }
 }
 
+/// The capability a master would send for the alloc a log path names.
+fn capability_for(path: &str) -> Option<String> {
+    let alloc: AllocId = path
+        .strip_prefix("/v1/allocs/")?
+        .split('?')
+        .next()?
+        .strip_suffix("/logs")?
+        .parse()
+        .ok()?;
+    capability::sign(KEY, &alloc, now_ms())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A request as the master sends it: with the capability for its alloc.
 async fn send(addr: SocketAddr, path: &str) -> TcpStream {
+    let auth = capability_for(path)
+        .map(|c| format!("Authorization: Bearer {c}\r\n"))
+        .unwrap_or_default();
+    send_raw(addr, path, &auth).await
+}
+
+async fn send_raw(addr: SocketAddr, path: &str, extra_headers: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Connection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     s
 }
@@ -539,4 +572,50 @@ fn gc_removes_old_finished_allocs_and_keeps_live_and_recent_ones() {
     // No allocs directory at all: nothing to do.
     let empty = tempfile::tempdir().unwrap();
     assert!(gc(empty.path(), by_age(day), |_| false).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_served_only_with_the_masters_capability_for_that_alloc() {
+    let dir = tempfile::tempdir().unwrap();
+    let alloc: AllocId = "secret/0/1".parse().unwrap();
+    let d = make_alloc(dir.path(), "secret/0/1", "DB_PASSWORD=hunter2\n", "");
+    finish_alloc(&d);
+    let srv = start(dir.path()).await;
+    let path = "/v1/allocs/secret/0/1/logs";
+
+    let ok = get(srv.addr, path).await;
+    assert_eq!(
+        (ok.status, ok.text()),
+        (200, "DB_PASSWORD=hunter2\n".to_string())
+    );
+
+    let other = capability::sign(KEY, &"secret/0/2".parse().unwrap(), now_ms()).unwrap();
+    let stale = capability::sign(KEY, &alloc, now_ms() - 3_600_000).unwrap();
+    let foreign_key = capability::new_key().unwrap();
+    let forged = capability::sign(&foreign_key, &alloc, now_ms()).unwrap();
+    for (why, headers) in [
+        ("none", String::new()),
+        (
+            "another alloc's",
+            format!("Authorization: Bearer {other}\r\n"),
+        ),
+        (
+            "an expired one",
+            format!("Authorization: Bearer {stale}\r\n"),
+        ),
+        (
+            "another key's",
+            format!("Authorization: Bearer {forged}\r\n"),
+        ),
+        ("junk", "Authorization: Bearer 1.2\r\n".to_string()),
+    ] {
+        let r = finish(send_raw(srv.addr, path, &headers).await, Vec::new()).await;
+        assert_eq!(r.status, 401, "{why}: {}", r.text());
+        assert!(!r.text().contains("hunter2"), "{why}");
+        assert!(r.header("www-authenticate").is_some(), "{why}");
+    }
+    // Metrics and health stay open: they say nothing of a task's output.
+    assert_eq!(get(srv.addr, "/metrics").await.status, 200);
+    assert_eq!(get(srv.addr, "/healthz").await.status, 200);
+    srv.shutdown().await;
 }

@@ -2,6 +2,7 @@
 //! policies (DESIGN §1). Types and validation only; no server code. With the `client`
 //! feature, also a typed HTTP client of the master ([`client::Client`]).
 
+pub mod capability;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod config;

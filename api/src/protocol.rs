@@ -104,6 +104,11 @@ pub struct RegisterResponse {
     /// master keeps only its hash; the agent keeps it 0600 in its data dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
+    /// The node's log key (hex): the agent's log server serves a task's log
+    /// only to a request carrying a capability signed with it
+    /// ([`crate::capability`]), which only the master makes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_key: Option<String>,
 }
 
 /// Free resources as the agent sees them.
@@ -372,6 +377,7 @@ mod tests {
             heartbeat_interval_ms: 1000,
             kill: vec![alloc("render/3/1")],
             credential: None,
+            log_key: None,
         };
         assert_eq!(round_trip(&resp)["kill"][0], "render/3/1");
     }

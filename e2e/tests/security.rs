@@ -6,9 +6,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use drover_api::client::{Client, SpecFormat};
+use drover_api::client::{Client, LogStream, SpecFormat};
 use drover_api::{JobState, NodeState};
 use drover_e2e::{eventually, Cluster, Job, CI_TOKEN, JOIN_TOKEN, OTHER_TOKEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -31,9 +32,20 @@ async fn an_agent_joins_keeps_its_credential_across_a_restart_and_is_shut_out_wh
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
 
-    let job = Job::batch("first", "true");
+    let job = Job::batch("first", "echo DB_PASSWORD=hunter2");
     cluster.submit(&job).await;
     cluster.wait_job(&job.id(), JobState::Complete, WAIT).await;
+    // Through the master, the log is there; straight from the agent's log
+    // server, without the master's capability, it is not.
+    let task = job.id().task(0);
+    assert_eq!(
+        cluster.logs(&task, LogStream::Stdout).await,
+        "DB_PASSWORD=hunter2\n"
+    );
+    let log_addr = cluster.node_view(&node).await.desc.log_addr;
+    let (status, body) = raw_get(&log_addr, &format!("/v1/allocs/{}/logs", task.alloc(1))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("hunter2"), "{body}");
 
     // Restarted, the agent speaks with its credential: the join token alone
     // could no longer register this node.
@@ -124,4 +136,20 @@ async fn a_submitter_may_stop_only_its_own_jobs_and_every_write_is_audited_once(
             .any(|v| v["fields"]["action"] == "agent_register" && v["fields"]["who"] == "join"),
         "the agent's join is audited too: {audit:#?}"
     );
+}
+
+/// A plain GET, as anyone on the network could send it.
+async fn raw_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }

@@ -594,6 +594,7 @@ mod tests {
             down: false,
             credential_sha256: None,
             revoked: false,
+            log_key: None,
             drain: None,
             registered_at_ms: T0,
         };

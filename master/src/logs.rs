@@ -32,6 +32,7 @@ pub enum LogError {
 pub async fn proxy(
     log_addr: &str,
     alloc: &AllocId,
+    capability: Option<&str>,
     q: &LogQuery,
 ) -> Result<warp::reply::Response, LogError> {
     let unreachable = |reason: String| LogError::Unreachable {
@@ -59,8 +60,11 @@ pub async fn proxy(
         q.offset,
         q.follow
     );
-    let req = hyper::Request::get(uri)
-        .header("host", log_addr)
+    let mut req = hyper::Request::get(uri).header("host", log_addr);
+    if let Some(c) = capability {
+        req = req.header("authorization", format!("Bearer {c}"));
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| unreachable(e.to_string()))?;
     let resp = sender

@@ -118,6 +118,11 @@ pub struct NodeRecord {
     /// for it again, and it stays down.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
+    /// The key the master signs this node's log capabilities with (hex; see
+    /// `drover_api::capability`). Made at the node's first registration and
+    /// kept, so that any master of the cluster can sign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Drain>,
     pub registered_at_ms: u64,

@@ -168,6 +168,11 @@ impl Master {
                 )))
             }
         };
+        let log_key = cluster
+            .nodes
+            .get(&node_id)
+            .and_then(|n| n.log_key.clone())
+            .or_else(drover_api::capability::new_key);
         let changes = {
             let mut txn = Txn::new(&cluster);
             let previous = txn.node(&node_id).cloned();
@@ -189,6 +194,7 @@ impl Master {
                     None => previous.as_ref().and_then(|p| p.credential_sha256.clone()),
                 },
                 revoked: false,
+                log_key: log_key.clone(),
                 drain: previous.as_ref().and_then(|p| p.drain.clone()),
                 registered_at_ms: now_ms,
             });
@@ -218,6 +224,7 @@ impl Master {
             heartbeat_interval_ms: self.interval_ms(),
             kill,
             credential: credential.map(|(c, _)| c),
+            log_key,
         })
     }
 

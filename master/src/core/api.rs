@@ -203,9 +203,12 @@ impl Master {
         cluster.nodes.get(id).map(|n| node_view(&cluster, n))
     }
 
-    /// Where the logs of a task's latest attempt are: the alloc, and its
-    /// node's log server.
-    pub async fn log_source(&self, id: &TaskId) -> Result<(AllocId, String), LogSourceError> {
+    /// Where the logs of a task's latest attempt are: the alloc, its node's
+    /// log server, and a capability to read them there.
+    pub async fn log_source(
+        &self,
+        id: &TaskId,
+    ) -> Result<(AllocId, String, Option<String>), LogSourceError> {
         let cluster = self.lock().await;
         let task = cluster
             .tasks
@@ -214,13 +217,16 @@ impl Master {
         let alloc = task
             .latest_alloc()
             .ok_or_else(|| LogSourceError::NotRun(id.clone()))?;
-        let addr = cluster
+        let node = cluster
             .allocs
             .get(&alloc)
             .and_then(|a| cluster.nodes.get(&a.node))
-            .map(|n| n.desc.log_addr.clone())
             .ok_or_else(|| LogSourceError::NodeGone(id.clone()))?;
-        Ok((alloc, addr))
+        let capability = node
+            .log_key
+            .as_deref()
+            .and_then(|key| drover_api::capability::sign(key, &alloc, self.clock.wall_ms()));
+        Ok((alloc, node.desc.log_addr.clone(), capability))
     }
 
     /// Cluster-wide numbers; also what the `/metrics` gauges show. `leader`

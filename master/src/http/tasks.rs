@@ -25,11 +25,11 @@ pub(super) async fn logs(call: Call) -> Answer {
     let master = call.master()?;
     let id = task_id(&call)?;
     let q: LogQuery = call.query()?;
-    let (alloc, log_addr) = master.log_source(&id).await.map_err(|e| match e {
+    let (alloc, log_addr, capability) = master.log_source(&id).await.map_err(|e| match e {
         LogSourceError::NoTask(_) => ApiError::not_found(format!("task {id}")),
         e => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
     })?;
-    logs::proxy(&log_addr, &alloc, &q)
+    logs::proxy(&log_addr, &alloc, capability.as_deref(), &q)
         .await
         .map_err(|e| match e {
             LogError::NotFound(_) => ApiError::not_found(format!("logs of {alloc}")),
