@@ -46,6 +46,8 @@ pub struct AgentSettings {
     pub poll_wait: Duration,
     /// Set from each registration's answer; the log server checks with it.
     pub log_key: LogKey,
+    /// TLS to the masters (`ca_file`); `None`: plain HTTP.
+    pub master_tls: Option<drover_tls::ClientTls>,
 }
 
 fn now_ms() -> u64 {
@@ -175,7 +177,10 @@ impl Agent {
     ) -> Arc<Agent> {
         // Once the node has its credential, the join token is not used again.
         let token = stored_credential(&settings.data_dir).or_else(|| settings.token.clone());
-        let client = MasterClient::new(settings.masters.clone(), token);
+        let mut client = MasterClient::new(settings.masters.clone(), token);
+        if let Some(tls) = &settings.master_tls {
+            client = client.with_tls(tls.clone());
+        }
         let node_id = settings
             .node_id
             .clone()

@@ -34,6 +34,12 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// File whose content (surrounding whitespace trimmed) is the token.
     pub token_file: Option<PathBuf>,
+    /// The CA that signed the masters' certificates: with it, the agent
+    /// speaks TLS to them (and to them only: nothing else is trusted).
+    pub ca_file: Option<PathBuf>,
+    /// The log server serves TLS with this certificate, and the agent
+    /// presents it to masters that want client certificates.
+    pub tls: Option<AgentTls>,
     /// This node's id. `None`: the one kept in `data_dir/node-id`, or one the
     /// master picks on first registration.
     pub node_id: Option<NodeId>,
@@ -66,12 +72,22 @@ pub struct AgentConfig {
     pub logs: LogsConfig,
 }
 
+/// The agent's own certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
             masters: vec!["127.0.0.1:7070".to_string()],
             token: None,
             token_file: None,
+            ca_file: None,
+            tls: None,
             node_id: None,
             data_dir: PathBuf::from("/var/lib/drover/agent"),
             log_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
@@ -95,6 +111,8 @@ impl fmt::Debug for AgentConfig {
             .field("masters", &self.masters)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("tls", &self.tls)
             .field("node_id", &self.node_id)
             .field("data_dir", &self.data_dir)
             .field("log_listen", &self.log_listen)

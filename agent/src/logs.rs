@@ -755,6 +755,7 @@ pub async fn serve(
     data_dir: PathBuf,
     metrics: AgentMetrics,
     key: LogKey,
+    tls: Option<drover_tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     if let Ok(addr) = listener.local_addr() {
@@ -765,9 +766,15 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    warp::serve(routes(data_dir, metrics, key, stop_rx))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let routes = routes(data_dir, metrics, key, stop_rx);
+    match tls {
+        Some(tls) => drover_tls::serve(routes, listener, tls, shutdown).await,
+        None => {
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(shutdown)
+                .run()
+                .await
+        }
+    }
 }

@@ -44,6 +44,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Executor(#[from] ExecError),
+    #[error("tls: {0}")]
+    Tls(#[from] drover_tls::TlsError),
     #[error("log server on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -90,6 +92,33 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
     })?;
     let mut attributes = fingerprint.attributes.clone();
     attributes.insert("limits".into(), executor.limits().to_string());
+    let master_tls = match &config.ca_file {
+        Some(ca) => Some(drover_tls::connector(&drover_tls::ClientFiles {
+            ca_file: Some(ca.clone()),
+            identity: config
+                .tls
+                .as_ref()
+                .map(|t| (t.cert_file.clone(), t.key_file.clone())),
+        })?),
+        None => None,
+    };
+    let log_tls = match &config.tls {
+        Some(t) => Some(drover_tls::acceptor(&drover_tls::ServerFiles {
+            cert_file: t.cert_file.clone(),
+            key_file: t.key_file.clone(),
+            client_ca_file: None,
+        })?),
+        None => None,
+    };
+    // The master fetches logs over TLS from a log server that serves it.
+    let advertised = config
+        .advertise_log_addr
+        .clone()
+        .unwrap_or_else(|| log_addr.to_string());
+    let advertised = match (&log_tls, advertised.starts_with("https://")) {
+        (Some(_), false) => format!("https://{advertised}"),
+        _ => advertised,
+    };
     let settings = AgentSettings {
         masters: config.masters.clone(),
         token,
@@ -97,10 +126,7 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
         data_dir: config.data_dir.clone(),
         hostname: fingerprint.hostname.clone(),
         // The bound address, so that `log_listen` may ask for port 0.
-        log_addr: config
-            .advertise_log_addr
-            .clone()
-            .unwrap_or_else(|| log_addr.to_string()),
+        log_addr: advertised,
         resources: opts.resources.unwrap_or(fingerprint.resources),
         reserved: config.reserved(),
         labels: config.labels.clone(),
@@ -109,6 +135,7 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
         stop_after_disconnect: config.stop_after_disconnect,
         poll_wait: POLL_WAIT,
         log_key: LogKey::default(),
+        master_tls,
     };
     let metrics = AgentMetrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -117,6 +144,7 @@ pub async fn start(config: &AgentConfig, opts: StartOptions) -> Result<RunningAg
         config.data_dir.clone(),
         metrics.clone(),
         settings.log_key.clone(),
+        log_tls,
         stopped(stop_rx.clone()),
     ));
     let agent = Agent::new(settings, executor, probe, metrics);

@@ -48,6 +48,7 @@ fn agent_with(
         stop_after_disconnect,
         poll_wait: Duration::from_secs(1),
         log_key: Default::default(),
+        master_tls: None,
     };
     let probe = Probe::new(&AgentConfig::default());
     Agent::new(settings, executor, probe, AgentMetrics::new())

@@ -37,6 +37,7 @@ async fn start(data_dir: &Path) -> Server {
         data_dir.to_path_buf(),
         metrics.clone(),
         key,
+        None,
         async move {
             let _ = rx.await;
         },

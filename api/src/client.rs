@@ -154,6 +154,10 @@ pub struct Client {
     /// The bearer token; an agent swaps its join token for its node's
     /// credential once it has one.
     token: std::sync::RwLock<Option<String>>,
+    /// TLS to every master; `None`: plain HTTP.
+    tls: Option<drover_tls::ClientTls>,
+    /// Some address was given as `https://`: plain HTTP is never used then.
+    https: bool,
     timeout: Duration,
     idle: Mutex<Vec<Idle>>,
 }
@@ -165,6 +169,7 @@ impl std::fmt::Debug for Client {
             .field("addrs", &self.addrs)
             .field("current", &self.current)
             .field("timeout", &self.timeout)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -206,11 +211,13 @@ impl Client {
     /// `addrs` are `host:port`; an `http://` prefix and a trailing `/` are
     /// accepted and dropped.
     pub fn new(addrs: Vec<String>, token: Option<String>) -> Self {
+        let https = addrs.iter().any(|a| a.trim().starts_with("https://"));
         let addrs = addrs
             .into_iter()
             .map(|a| {
                 a.trim()
                     .trim_start_matches("http://")
+                    .trim_start_matches("https://")
                     .trim_end_matches('/')
                     .to_string()
             })
@@ -220,6 +227,8 @@ impl Client {
             addrs,
             current: AtomicUsize::new(0),
             token: std::sync::RwLock::new(token),
+            tls: None,
+            https,
             timeout: DEFAULT_TIMEOUT,
             idle: Mutex::new(Vec::new()),
         }
@@ -243,6 +252,12 @@ impl Client {
             idle.remove(0);
         }
         idle.push(Idle { addr, sender });
+    }
+
+    /// Speaks TLS to every master, verifying them with `connector`.
+    pub fn with_tls(mut self, connector: drover_tls::ClientTls) -> Self {
+        self.tls = Some(connector);
+        self
     }
 
     /// Sends `token` as the bearer token from now on.
@@ -596,12 +611,34 @@ impl Client {
             .await
             .map_err(|e| e.to_string())?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = match (&self.tls, self.https) {
+            (Some(tls), _) => {
+                let stream = tls.connect(addr, tcp).await?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+            (None, true) => {
+                return Err(
+                    "an https:// address needs the CA that signed the master's certificate \
+                     (--cacert, DROVER_CACERT or ca_file)"
+                        .to_string(),
+                )
+            }
+            (None, false) => {
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
         let resp = sender
             .send_request(request)
             .await

@@ -83,6 +83,28 @@ pub struct Global {
     /// Read the bearer token from this file (instead of DROVER_TOKEN).
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Speak TLS to the master and trust only certificates from this CA
+    /// (PEM). Also implied by an https:// address, which then needs it.
+    #[arg(long, global = true, env = "DROVER_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) for a master with tls.client_ca_file.
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "DROVER_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// Output format: aligned tables for people, or the API's JSON for scripts.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -113,6 +113,7 @@ async fn run_cluster(args: DevArgs) -> anyhow::Result<()> {
         master,
         Arc::new(Auth::disabled()),
         listener,
+        None,
         async move {
             let _ = master_stop.wait_for(|s| *s).await;
         },

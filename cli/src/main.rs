@@ -65,8 +65,24 @@ fn run(cli: Cli) -> u8 {
         Err(e) => return fail(&e, &addrs, false),
     };
     let had_token = token.is_some();
+    let mut client = Client::new(addrs.clone(), token);
+    if let Some(ca) = &cli.global.cacert {
+        let identity = cli
+            .global
+            .client_cert
+            .clone()
+            .zip(cli.global.client_key.clone());
+        let files = drover_tls::ClientFiles {
+            ca_file: Some(ca.clone()),
+            identity,
+        };
+        match drover_tls::connector(&files) {
+            Ok(c) => client = client.with_tls(c),
+            Err(e) => return fail(&anyhow::Error::new(e), &addrs, had_token),
+        }
+    }
     let ctx = Ctx {
-        client: Client::new(addrs.clone(), token),
+        client,
         output: cli.global.output,
     };
     let outcome = match cli.command {

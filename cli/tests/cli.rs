@@ -87,7 +87,7 @@ impl TestMaster {
             let listener = server::bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
             let addr = listener.local_addr().expect("a local address");
             let (tx, rx) = oneshot::channel::<()>();
-            tokio::spawn(server::run(master, Arc::new(auth), listener, async {
+            tokio::spawn(server::run(master, Arc::new(auth), listener, None, async {
                 let _ = rx.await;
             }));
             (addr, tx)

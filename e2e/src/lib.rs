@@ -507,6 +507,7 @@ impl AgentProc {
         kill_grace: Duration,
         fake_gpus: u32,
         token: Option<&str>,
+        pki: Option<&TestPki>,
     ) {
         let masters: Vec<String> = masters.iter().map(|m| format!("\"{m}\"")).collect();
         let config = format!(
@@ -517,8 +518,18 @@ impl AgentProc {
              labels: {{ slot: {node} }}\n\
              kill_grace: {grace}ms\n\
              fake_gpus: [{gpus}]\n\
-             token: {token}\n",
+             token: {token}\n\
+             {tls}",
             token = token.unwrap_or("null"),
+            tls = match pki {
+                Some(p) => format!(
+                    "ca_file: {}\ntls: {{ cert_file: {}, key_file: {} }}\n",
+                    p.ca.display(),
+                    p.agent.0.display(),
+                    p.agent.1.display()
+                ),
+                None => String::new(),
+            },
             masters = masters.join(", "),
             node = self.node,
             data = serde_json::Value::from(self.data_dir().display().to_string()),
@@ -600,6 +611,53 @@ pub struct ClusterBuilder {
     /// Authentication on: the client holds [`ADMIN_TOKEN`], the agents join
     /// with [`JOIN_TOKEN`].
     tokens: bool,
+    /// TLS everywhere: the REST API, the agents' log servers, and every
+    /// client of them, with a CA of the test's own.
+    tls: bool,
+}
+
+/// A CA and the certificates it signed for a test cluster, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub master: (PathBuf, PathBuf),
+    pub agent: (PathBuf, PathBuf),
+}
+
+impl TestPki {
+    /// Makes a CA and certificates for 127.0.0.1 in `dir`.
+    pub fn create(dir: &Path) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "drover e2e CA");
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("the CA certificate");
+        let ca_path = dir.join("ca.pem");
+        fs::write(&ca_path, ca_cert.pem()).expect("writing the CA");
+        let issuer = Issuer::from_params(&ca, &ca_key);
+        let issue = |name: &str| {
+            let params =
+                CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("cert params");
+            let key = KeyPair::generate().expect("a key");
+            let cert = params.signed_by(&key, &issuer).expect("a certificate");
+            let (c, k) = (
+                dir.join(format!("{name}.pem")),
+                dir.join(format!("{name}.key")),
+            );
+            fs::write(&c, cert.pem()).expect("writing a certificate");
+            fs::write(&k, key.serialize_pem()).expect("writing a key");
+            (c, k)
+        };
+        let master = issue("master");
+        let agent = issue("agent");
+        TestPki {
+            ca: ca_path,
+            master,
+            agent,
+        }
+    }
 }
 
 /// With [`ClusterBuilder::tokens`]: the client's token (admin role).
@@ -615,6 +673,13 @@ impl ClusterBuilder {
     /// token with which each agent joins and gets its node's credential.
     pub fn tokens(mut self) -> Self {
         self.tokens = true;
+        self
+    }
+
+    /// TLS for the REST API and the agents' log servers; the client and the
+    /// agents verify with the cluster's own CA ([`Cluster::pki`]).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
         self
     }
 
@@ -665,6 +730,7 @@ impl ClusterBuilder {
         make_dir(root.path(), 0o755);
         let scratch = root.path().join("scratch");
         make_dir(&scratch, 0o777);
+        let pki = self.tls.then(|| TestPki::create(root.path()));
         let etcd = (self.etcd_masters > 0).then(Etcd::start);
         let store = match &etcd {
             Some(etcd) => format!(
@@ -690,7 +756,16 @@ impl ClusterBuilder {
                  scheduler: {{ default_policy: {policy}, pass_interval: 250ms }}\n\
                  liveness: {{ heartbeat_interval: {hb}ms, node_timeout: {timeout}ms, suspect_after_missed: {suspect} }}\n\
                  log: {{ level: info, format: json }}\n\
-                 {auth}",
+                 {auth}{tls}",
+                tls = match &pki {
+                    Some(p) => format!(
+                        "tls: {{ cert_file: {}, key_file: {}, agent_ca_file: {} }}\n",
+                        p.master.0.display(),
+                        p.master.1.display(),
+                        p.ca.display()
+                    ),
+                    None => String::new(),
+                },
                 auth = if self.tokens {
                     format!(
                         "auth: {{ tokens: [{{ name: ops, role: admin, token: {ADMIN_TOKEN} }}, \
@@ -711,9 +786,17 @@ impl ClusterBuilder {
         }
         let addrs: Vec<String> = masters.iter().map(|m| m.addr().to_string()).collect();
         let token = self.tokens.then(|| ADMIN_TOKEN.to_string());
-        let client = Client::new(addrs, token).with_timeout(Duration::from_secs(10));
+        let mut client = Client::new(addrs, token).with_timeout(Duration::from_secs(10));
+        if let Some(p) = &pki {
+            let files = drover_tls::ClientFiles {
+                ca_file: Some(p.ca.clone()),
+                identity: None,
+            };
+            client = client.with_tls(drover_tls::connector(&files).expect("the test CA"));
+        }
         let mut cluster = Cluster {
             join_token: self.tokens.then(|| JOIN_TOKEN.to_string()),
+            pki,
             masters,
             etcd,
             agents: Vec::new(),
@@ -759,6 +842,8 @@ pub struct Cluster {
     client: Client,
     /// What the agents join with, when authentication is on.
     join_token: Option<String>,
+    /// The CA and certificates, when TLS is on.
+    pki: Option<TestPki>,
     scratch: PathBuf,
     kill_grace: Duration,
     fake_gpus: u32,
@@ -781,11 +866,17 @@ impl Cluster {
             etcd_masters: 0,
             fake_gpus: 0,
             tokens: false,
+            tls: false,
         }
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The CA and certificates of a cluster built with [`ClusterBuilder::tls`].
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_ref()
     }
 
     /// The first master (the only one without etcd).
@@ -889,7 +980,14 @@ impl Cluster {
             .map_or(0, |n| n.registered_at_ms);
         let masters: Vec<SocketAddr> = self.masters.iter().map(MasterProc::addr).collect();
         let token = self.join_token.clone();
-        self.agents[i].spawn(&masters, self.kill_grace, self.fake_gpus, token.as_deref());
+        let pki = self.pki.clone();
+        self.agents[i].spawn(
+            &masters,
+            self.kill_grace,
+            self.fake_gpus,
+            token.as_deref(),
+            pki.as_ref(),
+        );
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(n) = self.client.node(&node).await {

@@ -140,6 +140,7 @@ async fn measure(store: Arc<dyn Store>, sizes: Sizes) -> Row {
         Arc::clone(&master),
         Arc::new(Auth::disabled()),
         listener,
+        None,
         async move {
             let _ = stopped.await;
         },

@@ -46,7 +46,38 @@ pub struct MasterConfig {
     pub liveness: LivenessConfig,
     pub api: ApiConfig,
     pub auth: AuthConfig,
+    /// Serve the REST API over TLS; `None`: plaintext.
+    pub tls: Option<TlsConfig>,
     pub log: LogConfig,
+}
+
+/// TLS for the REST API (DESIGN §12).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The master's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// Mutual TLS: every client (agents, the CLI) must present a
+    /// certificate signed by this CA.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// The CA of the agents' log servers, for those that serve TLS
+    /// (their `log_addr` starts with `https://`).
+    #[serde(default)]
+    pub agent_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The server side, for drover-tls.
+    pub fn server_files(&self) -> drover_tls::ServerFiles {
+        drover_tls::ServerFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+        }
+    }
 }
 
 impl Default for MasterConfig {
@@ -61,6 +92,7 @@ impl Default for MasterConfig {
             liveness: LivenessConfig::default(),
             api: ApiConfig::default(),
             auth: AuthConfig::default(),
+            tls: None,
             log: LogConfig::default(),
         }
     }
@@ -381,6 +413,16 @@ impl MasterConfig {
                     "{} is not a loopback address and auth.tokens is empty, so anyone who \
                      can reach it could control the cluster: add auth.tokens, or pass \
                      --insecure (insecure: true) to serve without authentication",
+                    self.listen
+                ),
+            ));
+        } else if !is_loopback(self.listen.ip()) && self.tls.is_none() && !self.insecure {
+            p.push(Problem::new(
+                "listen",
+                format!(
+                    "{} is not a loopback address and tls is not set, so tokens and jobs \
+                     would cross the network in clear: set tls.cert_file and tls.key_file, \
+                     or pass --insecure (insecure: true) to serve plaintext",
                     self.listen
                 ),
             ));
@@ -828,6 +870,7 @@ auth:
     - { name: ci, role: submitter, token: "aaaaaaaaaaaaaaaa-ci" }
     - { name: ops, role: admin, token_file: /etc/drover/ops.token }
     - { name: dash, role: reader, token: "cccccccccccccccc-dash" }
+tls: { cert_file: /etc/drover/tls/master.pem, key_file: /etc/drover/tls/master.key, client_ca_file: /etc/drover/tls/ca.pem }
 log: { level: "info,drover_master::store=debug", format: json }
 "#;
         let c = MasterConfig::from_yaml(text).unwrap();
@@ -875,6 +918,12 @@ log: { level: "info,drover_master::store=debug", format: json }
                     inline("dash", Role::Reader, "cccccccccccccccc-dash"),
                 ],
             },
+            tls: Some(TlsConfig {
+                cert_file: "/etc/drover/tls/master.pem".into(),
+                key_file: "/etc/drover/tls/master.key".into(),
+                client_ca_file: Some("/etc/drover/tls/ca.pem".into()),
+                agent_ca_file: None,
+            }),
             log: LogConfig {
                 level: "info,drover_master::store=debug".to_string(),
                 format: LogFormat::Json,
@@ -1054,6 +1103,19 @@ log: { level: "info,drover_master::store=debug", format: json }
 
         cfg.insecure = false;
         cfg.auth.tokens.push(inline("ci", Role::Submitter, TOKEN_A));
+        // Tokens alone would cross the network in clear.
+        let err = cfg.validate().unwrap_err();
+        let p = problem_at(err.problems(), "listen");
+        assert!(
+            p.message.contains("tls.cert_file") && p.message.contains("--insecure"),
+            "{p}"
+        );
+        cfg.tls = Some(TlsConfig {
+            cert_file: "/etc/drover/tls/master.pem".into(),
+            key_file: "/etc/drover/tls/master.key".into(),
+            client_ca_file: None,
+            agent_ca_file: None,
+        });
         assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
 
         cfg.auth.tokens = vec![from_file(

@@ -50,6 +50,7 @@ pub async fn run(
     candidate: Candidate,
     auth: Arc<Auth>,
     listener: TcpListener,
+    tls: Option<drover_tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let metrics = Metrics::new();
@@ -62,7 +63,7 @@ pub async fn run(
         candidate.advertise.clone(),
     );
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(front, auth, listener, async move {
+    let server = tokio::spawn(serve(front, auth, listener, tls, async move {
         let _ = serving_stopped.await;
     }));
     let hints = tokio::spawn(follow_leader(candidate.etcd.clone(), Arc::clone(&role_tx)));

@@ -27,10 +27,29 @@ pub enum LogError {
     Agent { status: u16, alloc: AllocId },
 }
 
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+/// HTTP/1 on `io`, its connection driven in the background.
+async fn handshake<I>(io: I) -> Result<Sender, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "log proxy connection ended");
+        }
+    });
+    Ok(sender)
+}
+
 /// Connects to the agent's log server and returns its answer as a
 /// streaming reply.
 pub async fn proxy(
     log_addr: &str,
+    tls: Option<&drover_tls::ClientTls>,
     alloc: &AllocId,
     capability: Option<&str>,
     q: &LogQuery,
@@ -39,28 +58,33 @@ pub async fn proxy(
         addr: log_addr.to_string(),
         reason,
     };
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(log_addr),
-    )
-    .await
-    .map_err(|_| unreachable("connect timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let (host, https) = match log_addr.strip_prefix("https://") {
+        Some(host) => (host, true),
+        None => (log_addr.strip_prefix("http://").unwrap_or(log_addr), false),
+    };
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
         .await
+        .map_err(|_| unreachable("connect timed out".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "log proxy connection ended");
-        }
-    });
+    let mut sender =
+        match (https, tls) {
+            (true, Some(tls)) => {
+                let stream = tls.connect(host, tcp).await.map_err(unreachable)?;
+                handshake(TokioIo::new(stream)).await.map_err(unreachable)?
+            }
+            (true, None) => return Err(unreachable(
+                "its log server serves TLS and this master has no tls.agent_ca_file to verify it"
+                    .to_string(),
+            )),
+            (false, _) => handshake(TokioIo::new(tcp)).await.map_err(unreachable)?,
+        };
     let uri = format!(
         "/v1/allocs/{alloc}/logs?stream={}&offset={}&follow={}",
         q.stream.name(),
         q.offset,
         q.follow
     );
-    let mut req = hyper::Request::get(uri).header("host", log_addr);
+    let mut req = hyper::Request::get(uri).header("host", host);
     if let Some(c) = capability {
         req = req.header("authorization", format!("Bearer {c}"));
     }

@@ -61,6 +61,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let tokens = config.resolve_tokens()?;
     let auth = Arc::new(Auth::new(tokens));
+    let tls = match &config.tls {
+        Some(t) => Some(drover_tls::acceptor(&t.server_files()).context("tls")?),
+        None => None,
+    };
     let listener = drover_master::server::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -75,7 +79,14 @@ async fn main() -> anyhow::Result<()> {
         // shows the unit as deactivating meanwhile instead of active.
         notify_systemd(sd_notify::NotifyState::Stopping);
     };
-    let settings = Settings::from_config(&config);
+    let mut settings = Settings::from_config(&config);
+    if let Some(ca) = config.tls.as_ref().and_then(|t| t.agent_ca_file.clone()) {
+        let files = drover_tls::ClientFiles {
+            ca_file: Some(ca),
+            identity: None,
+        };
+        settings.agent_tls = Some(drover_tls::connector(&files).context("tls.agent_ca_file")?);
+    }
     match config.store.backend {
         StoreBackend::Embedded => {
             let dir = config.data_dir.clone();
@@ -88,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
             // dependents, and `systemctl start`, may go on. Sent before
             // `run` only because `run` does not return until shutdown.
             notify_systemd(sd_notify::NotifyState::Ready);
-            drover_master::server::run(master, auth, listener, shutdown).await;
+            drover_master::server::run(master, auth, listener, tls, shutdown).await;
         }
         StoreBackend::Etcd => {
             // Every master listens at once and answers as a follower until
@@ -112,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 clock: Clock::system(),
             };
             notify_systemd(sd_notify::NotifyState::Ready);
-            drover_master::ha::run(candidate, auth, listener, shutdown).await;
+            drover_master::ha::run(candidate, auth, listener, tls, shutdown).await;
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use drover_tls::ServerTls;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,6 +29,8 @@ impl Settings {
             poll_timeout: c.api.poll_timeout,
             max_body_bytes: c.api.max_body.bytes(),
             compact_after_deletes: c.store.compact_after_deletes,
+            // Made from files by the caller (see `MasterConfig::tls`).
+            agent_tls: None,
         }
     }
 }
@@ -46,12 +49,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Serves the API on `listener`, and runs the scheduler and liveness loops,
-/// until `shutdown` completes. In-flight requests finish first.
+/// Serves the API on `listener` (over TLS with `tls`), and runs the
+/// scheduler and liveness loops, until `shutdown` completes. In-flight
+/// requests finish first.
 pub async fn run(
     master: Arc<Master>,
     auth: Arc<Auth>,
     listener: TcpListener,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let term = Term::begin(Arc::clone(&master));
@@ -66,25 +71,35 @@ pub async fn run(
         term.end().await;
         let _ = ended_tx.send(());
     };
-    serve(front, auth, listener, shutdown).await;
+    serve(front, auth, listener, tls, shutdown).await;
     let _ = ended.await;
     tracing::info!("master stopped");
 }
 
-/// Serves `front`'s routes on `listener` until `shutdown` completes, then
-/// lets in-flight requests finish.
+/// Serves `front`'s routes on `listener` (over TLS with `tls`) until
+/// `shutdown` completes, then lets in-flight requests finish.
 pub async fn serve(
     front: Front,
     auth: Arc<Auth>,
     listener: TcpListener,
+    tls: Option<ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    tracing::info!(addr = %local_addr(&listener), "master listening");
-    warp::serve(crate::http::front_routes(front, auth))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let routes = crate::http::front_routes(front, auth);
+    match tls {
+        Some(acceptor) => {
+            tracing::info!(addr = %local_addr(&listener), tls = true, "master listening");
+            drover_tls::serve(routes, listener, acceptor, shutdown).await;
+        }
+        None => {
+            tracing::info!(addr = %local_addr(&listener), tls = false, "master listening");
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(shutdown)
+                .run()
+                .await;
+        }
+    }
 }
 
 fn local_addr(listener: &TcpListener) -> String {

@@ -2422,6 +2422,7 @@ async fn a_real_server_takes_1000_concurrent_submissions_in_fewer_commits_and_pe
         Arc::clone(&master),
         Arc::new(Auth::disabled()),
         listener,
+        None,
         async move {
             let _ = stopped.await;
         },

@@ -19,7 +19,42 @@ mod serve;
 #[cfg(feature = "server")]
 pub use serve::serve;
 
-pub use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// The server side of TLS: what `serve` (feature `server`) accepts
+/// connections with.
+#[derive(Clone)]
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub struct ServerTls(pub(crate) TlsAcceptor);
+
+/// The client side of TLS: a connector with its trust (and identity).
+#[derive(Clone)]
+pub struct ClientTls(TlsConnector);
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientTls")
+    }
+}
+
+impl ClientTls {
+    /// A TLS session to `addr` (`host:port`) over `tcp`, the server's
+    /// certificate checked against the CA and `addr`'s host.
+    pub async fn connect(
+        &self,
+        addr: &str,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+        let name = server_name(addr).map_err(|e| e.to_string())?;
+        self.0.connect(name, tcp).await.map_err(|e| explain(&e))
+    }
+}
 
 /// Why a TLS config could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +116,7 @@ pub struct ServerFiles {
 }
 
 /// The acceptor for a server with `files`.
-pub fn acceptor(files: &ServerFiles) -> Result<TlsAcceptor, TlsError> {
+pub fn acceptor(files: &ServerFiles) -> Result<ServerTls, TlsError> {
     let certs = load_certs(&files.cert_file)?;
     let key = load_key(&files.key_file)?;
     let builder = ServerConfig::builder_with_provider(provider())
@@ -104,7 +139,7 @@ pub fn acceptor(files: &ServerFiles) -> Result<TlsAcceptor, TlsError> {
         )
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(ServerTls(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// A client's trust and, for mutual TLS, its own certificate.
@@ -118,7 +153,7 @@ pub struct ClientFiles {
 
 /// The connector for a client with `files`. Without a CA file it trusts
 /// nothing: Drover's clusters use their own CA, not the web's.
-pub fn connector(files: &ClientFiles) -> Result<TlsConnector, TlsError> {
+pub fn connector(files: &ClientFiles) -> Result<ClientTls, TlsError> {
     let roots = match &files.ca_file {
         Some(ca) => load_roots(ca)?,
         None => {
@@ -137,7 +172,7 @@ pub fn connector(files: &ClientFiles) -> Result<TlsConnector, TlsError> {
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
             .map_err(|e| file_error(key, format!("does not go with {}: {e}", cert.display())))?,
     };
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(ClientTls(TlsConnector::from(Arc::new(config))))
 }
 
 /// The name to verify a server's certificate against: the host part of

@@ -10,8 +10,9 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use warp::Filter;
+
+use crate::ServerTls;
 
 /// A client that opens a connection and never finishes its handshake must
 /// not hold a task forever.
@@ -21,7 +22,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve<F>(
     filter: F,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
@@ -31,6 +32,7 @@ pub async fn serve<F>(
         + 'static,
     F::Future: Send,
 {
+    let acceptor = tls.0;
     let service = warp::service(filter);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use drover_tls::{acceptor, connector, explain, server_name, ClientFiles, ServerFiles};
+use drover_tls::{acceptor, connector, explain, ClientFiles, ServerFiles};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -116,11 +116,7 @@ async fn plain_server() -> Server {
 async fn get(addr: SocketAddr, files: &ClientFiles) -> Result<String, String> {
     let connector = connector(files).map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = server_name(&addr.to_string()).unwrap();
-    let mut tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| explain(&e))?;
+    let mut tls = connector.connect(&addr.to_string(), tcp).await?;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .map_err(|e| explain(&e))?;

@@ -53,6 +53,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     /// Compact the store after this many deleted keys; 0: never.
     pub compact_after_deletes: u64,
+    /// TLS to agents' log servers that serve it (`tls.agent_ca_file`).
+    pub agent_tls: Option<drover_tls::ClientTls>,
 }
 
 impl Default for Settings {
@@ -68,6 +70,7 @@ impl Default for Settings {
             kill_timeout: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
             compact_after_deletes: 10_000,
+            agent_tls: None,
         }
     }
 }

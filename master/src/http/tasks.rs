@@ -29,7 +29,8 @@ pub(super) async fn logs(call: Call) -> Answer {
         LogSourceError::NoTask(_) => ApiError::not_found(format!("task {id}")),
         e => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
     })?;
-    logs::proxy(&log_addr, &alloc, capability.as_deref(), &q)
+    let tls = master.settings.agent_tls.as_ref();
+    logs::proxy(&log_addr, tls, &alloc, capability.as_deref(), &q)
         .await
         .map_err(|e| match e {
             LogError::NotFound(_) => ApiError::not_found(format!("logs of {alloc}")),
