@@ -58,10 +58,11 @@ pub struct Held {
 }
 
 impl Held {
+    // Saturating: a node may report any capacity, and so hold any sum.
     fn hold(&mut self, a: &AllocRecord) {
-        self.cpu_millis += a.cpu_millis;
-        self.memory_bytes += a.memory_bytes;
-        self.gpus += a.gpus.len() as u64;
+        self.cpu_millis = self.cpu_millis.saturating_add(a.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_add(a.memory_bytes);
+        self.gpus = self.gpus.saturating_add(a.gpus.len() as u64);
     }
 
     fn release(&mut self, a: &AllocRecord) {

@@ -157,19 +157,24 @@ impl Capacity {
                 .then(|| cluster.held_by_node.get(&n.id).copied())
                 .flatten()
                 .unwrap_or_default();
-            c.cpu_millis += n
-                .desc
-                .resources
-                .cpu_millis
-                .saturating_sub(n.desc.reserved.cpu_millis)
-                .saturating_sub(held.cpu_millis);
-            c.memory_bytes += n
-                .desc
-                .resources
-                .memory_bytes
-                .saturating_sub(n.desc.reserved.memory_bytes)
-                .saturating_sub(held.memory_bytes);
-            c.gpus += (n.desc.resources.gpus.len() as u64).saturating_sub(held.gpus);
+            // Saturating: nodes report any capacity they like.
+            c.cpu_millis = c.cpu_millis.saturating_add(
+                n.desc
+                    .resources
+                    .cpu_millis
+                    .saturating_sub(n.desc.reserved.cpu_millis)
+                    .saturating_sub(held.cpu_millis),
+            );
+            c.memory_bytes = c.memory_bytes.saturating_add(
+                n.desc
+                    .resources
+                    .memory_bytes
+                    .saturating_sub(n.desc.reserved.memory_bytes)
+                    .saturating_sub(held.memory_bytes),
+            );
+            c.gpus = c
+                .gpus
+                .saturating_add((n.desc.resources.gpus.len() as u64).saturating_sub(held.gpus));
         }
         c
     }

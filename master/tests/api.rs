@@ -3150,3 +3150,96 @@ async fn a_submitter_changes_only_its_own_jobs_and_an_admin_any() {
     .await
     .expect(200);
 }
+
+// ---------------------------------------------------------------------------
+// Quantities and the master's arithmetic
+// ---------------------------------------------------------------------------
+
+mod arithmetic {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// CPU as people and fuzzers write it: cores, millicores, decimals,
+    /// huge numbers, bare JSON numbers.
+    fn cpu() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| json!(format!("{n}m"))),
+            any::<u64>().prop_map(|n| json!(n.to_string())),
+            (any::<u32>(), any::<u32>()).prop_map(|(a, b)| json!(format!("{a}.{b}"))),
+            (1u64..=70_000).prop_map(|n| json!(n)),
+            (1u64..=70_000_000).prop_map(|n| json!(format!("{n}m"))),
+        ]
+    }
+
+    fn memory() -> impl Strategy<Value = Value> {
+        let suffix = prop_oneof![
+            Just(""),
+            Just("Ki"),
+            Just("Mi"),
+            Just("Gi"),
+            Just("Ti"),
+            Just("Pi"),
+            Just("Ei"),
+            Just("k"),
+            Just("M"),
+            Just("G"),
+            Just("T"),
+            Just("P"),
+        ];
+        prop_oneof![
+            (any::<u64>(), suffix.clone()).prop_map(|(n, s)| json!(format!("{n}{s}"))),
+            (1u64..=2048, suffix).prop_map(|(n, s)| json!(format!("{n}{s}"))),
+            any::<u64>().prop_map(|n| json!(n)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever quantity a spec holds and whatever capacity nodes
+        /// report, the master's sums (held per node, capacity, the cluster
+        /// summary) neither panic nor wrap: a spec is refused with a 400, or
+        /// placed within capacity.
+        #[test]
+        fn no_parseable_quantity_overflows_the_masters_arithmetic(
+            cpu in cpu(),
+            memory in memory(),
+            count in 1u32..=40,
+            caps in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..=3),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let h = Harness::new().await;
+                for (i, (cpu_millis, memory_bytes)) in caps.iter().enumerate() {
+                    let mut n = node(&format!("n{i}"));
+                    n.desc.resources.cpu_millis = *cpu_millis;
+                    n.desc.resources.memory_bytes = *memory_bytes;
+                    h.register(&n).await.expect(200);
+                }
+                h.get("/v1/cluster").await.expect(200);
+                let job = spec_with(
+                    "q",
+                    count,
+                    json!({"resources": {"cpu": cpu, "memory": memory}}),
+                );
+                let r = h.submit(&job).await;
+                match r.status.as_u16() {
+                    201 => {}
+                    400 => return,
+                    other => panic!("{other}: {}", r.text()),
+                }
+                h.schedule().await;
+                let c = h.get("/v1/cluster").await.expect(200);
+                for res in ["cpu_millis", "memory_bytes"] {
+                    let (alloc, cap) = (c["allocated"][res].as_u64(), c["capacity"][res].as_u64());
+                    assert!(alloc <= cap, "{res}: {alloc:?} > {cap:?}: {c}");
+                }
+                h.get("/v1/nodes").await.expect(200);
+                h.get("/v1/jobs/q/tasks").await.expect(200);
+            });
+        }
+    }
+}

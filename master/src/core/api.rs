@@ -254,14 +254,10 @@ impl Master {
             bump(&mut s.nodes, state.name(), 1);
             if state != NodeState::Down {
                 let a = allocatable(n);
-                s.capacity.cpu_millis += a.cpu_millis;
-                s.capacity.memory_bytes += a.memory_bytes;
-                s.capacity.gpus += a.gpus;
+                add(&mut s.capacity, a);
             }
             if let Some(h) = c.held_by_node.get(&n.id) {
-                s.allocated.cpu_millis += h.cpu_millis;
-                s.allocated.memory_bytes += h.memory_bytes;
-                s.allocated.gpus += h.gpus;
+                add(&mut s.allocated, amounts(*h));
             }
         }
         for j in c.jobs.values() {
@@ -349,6 +345,13 @@ fn task_view(c: &Cluster, t: &TaskRecord) -> TaskView {
             .collect(),
         history: t.history.clone(),
     }
+}
+
+/// Adds `b` to `a`, saturating: nodes report any capacity they like.
+fn add(a: &mut Amounts, b: Amounts) {
+    a.cpu_millis = a.cpu_millis.saturating_add(b.cpu_millis);
+    a.memory_bytes = a.memory_bytes.saturating_add(b.memory_bytes);
+    a.gpus = a.gpus.saturating_add(b.gpus);
 }
 
 fn amounts(h: Held) -> Amounts {
