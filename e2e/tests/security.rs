@@ -1,12 +1,18 @@
 //! Identity on real binaries: an agent joins with a join token, keeps the
 //! credential it is given (0600), speaks with it from then on (across a
 //! restart), and is shut out once an operator revokes it; a submitter may
-//! change only its own jobs, and every write leaves one audit line.
+//! change only its own jobs, and every write leaves one audit line; and
+//! every attack tried with one node's stolen credential fails and changes
+//! nothing.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use drover_api::client::{Client, LogStream, SpecFormat};
+use drover_api::client::{Client, ClientError, LogStream, SpecFormat};
+use drover_api::protocol::{
+    AllocUpdate, HeartbeatRequest, NodeDescriptor, NodeResources, RegisterRequest, PROTOCOL_VERSION,
+};
+use drover_api::{AllocState, NodeId, TaskState};
 use drover_api::{JobState, NodeState};
 use drover_e2e::{eventually, Cluster, Job, CI_TOKEN, JOIN_TOKEN, OTHER_TOKEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -152,4 +158,117 @@ async fn raw_get(addr: &str, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// What an attacker on node n1 has: the credential in n1's data dir.
+fn stolen_credential(cluster: &Cluster) -> String {
+    std::fs::read_to_string(cluster.agent(0).data_dir().join("credential"))
+        .expect("n1's credential")
+}
+
+fn status(e: &ClientError) -> Option<u16> {
+    match e {
+        ClientError::Api { status, .. } => Some(*status),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_stolen_node_credential_can_do_nothing_but_speak_for_its_own_node() {
+    let cluster = Cluster::builder().agents(2).tokens().start().await;
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    // Someone's job runs on n2.
+    let ci = Client::new(cluster.master_addrs(), Some(CI_TOKEN.to_string()));
+    let spec = Job::batch("victim", "sleep 60").on_node(&n2).to_json();
+    ci.submit(&spec, SpecFormat::Json)
+        .await
+        .expect("ci submits");
+    let id = Job::batch("victim", "").id();
+    let running = cluster.wait_running(&id, WAIT).await;
+    let alloc = running[0].latest().unwrap().id.clone();
+
+    let thief = Client::new(cluster.master_addrs(), Some(stolen_credential(&cluster)));
+    // Not a user: no submitting, purging, draining.
+    let e = thief
+        .submit(&Job::batch("mine", "true").to_json(), SpecFormat::Json)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(403), "{e}");
+    let e = thief.stop(&id, true).await.unwrap_err();
+    assert_eq!(status(&e), Some(403), "{e}");
+    let e = thief.drain(&n2, true, None).await.unwrap_err();
+    assert_eq!(status(&e), Some(403), "{e}");
+
+    // Not another node: no fake node, no heartbeat as n2.
+    let mut fake = RegisterRequest {
+        node_id: Some(NodeId::new("fake-64").unwrap()),
+        desc: NodeDescriptor {
+            hostname: "fake".into(),
+            log_addr: "127.0.0.1:1".into(),
+            resources: NodeResources {
+                cpu_millis: 64_000,
+                memory_bytes: 512 << 30,
+                gpus: vec![],
+            },
+            version: "evil".into(),
+            ..NodeDescriptor::default()
+        },
+        protocol: PROTOCOL_VERSION,
+        running_allocs: vec![],
+    };
+    let e = thief.register(&fake).await.unwrap_err();
+    assert_eq!(status(&e), Some(403), "{e}");
+    fake.node_id = Some(n2.clone());
+    let e = thief.register(&fake).await.unwrap_err();
+    assert_eq!(status(&e), Some(403), "{e}");
+    let forged = |node: &NodeId| HeartbeatRequest {
+        node_id: node.clone(),
+        offer: Default::default(),
+        usage: Default::default(),
+        updates: vec![AllocUpdate {
+            alloc: alloc.clone(),
+            state: AllocState::Succeeded,
+            exit_code: Some(0),
+            signal: None,
+            message: None,
+            at_unix_ms: 1,
+        }],
+    };
+    let e = thief.heartbeat(&forged(&n2)).await.unwrap_err();
+    assert_eq!(status(&e), Some(403), "{e}");
+    // As n1 itself, a report about n2's alloc is refused and counted.
+    thief
+        .heartbeat(&forged(&n1))
+        .await
+        .expect("n1 may heartbeat for itself");
+
+    // Nothing changed: the victim's task still runs, its job is still there,
+    // no node was added or drained.
+    let task = cluster.task(&id.task(0)).await;
+    assert_eq!(task.state, TaskState::Running, "{task:?}");
+    assert_eq!(task.latest().unwrap().state, AllocState::Running);
+    assert_eq!(cluster.job(&id).await.state, JobState::Running);
+    let nodes = cluster.client().nodes().await.unwrap();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(nodes.iter().all(|n| n.drain.is_none()), "{nodes:?}");
+    let metrics = cluster.client().raw("GET", "/metrics", None).await.unwrap();
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(
+        text.contains("drover_rejected_agent_updates_total{reason=\"foreign_alloc\"} 1"),
+        "{text}"
+    );
+    // And nobody without a token gets a task's log from an agent directly.
+    let log_addr = cluster.node_view(&n2).await.desc.log_addr;
+    let (code, _) = raw_get(&log_addr, &format!("/v1/allocs/{alloc}/logs")).await;
+    assert_eq!(code, 401);
+    // Specs asking for what no machine has are a 400, not a queued task.
+    let e = ci
+        .submit(
+            r#"{"name": "huge", "command": ["true"], "resources": {"cpu": "999999", "memory": "15Ei"}}"#,
+            SpecFormat::Json,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), Some(400), "{e}");
+    assert!(e.to_string().contains("resources.cpu"), "{e}");
 }
