@@ -3243,3 +3243,22 @@ mod arithmetic {
         }
     }
 }
+
+#[tokio::test]
+async fn a_revoked_node_stays_down_with_authentication_off_too() {
+    let h = Harness::new().await;
+    h.add_node("n1").await;
+    h.post_json("/v1/nodes/n1/revoke", &json!({}))
+        .await
+        .expect(200);
+    h.report("n1", Vec::new())
+        .await
+        .expect_error(403, "forbidden");
+    h.register(&node("n1")).await.expect_error(403, "forbidden");
+    let n = h.get("/v1/nodes/n1").await.expect(200);
+    assert_eq!(
+        (n["state"].as_str(), n["revoked"].as_bool()),
+        (Some("down"), Some(true)),
+        "{n}"
+    );
+}

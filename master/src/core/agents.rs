@@ -145,7 +145,10 @@ impl Master {
             (None, _) => fresh_node_id(&cluster, &req.desc.hostname),
         };
         let credential = match who {
-            Principal::Anyone => None,
+            Principal::Anyone => {
+                node_access(&cluster, who, &node_id)?;
+                None
+            }
             Principal::Node { .. } => {
                 node_access(&cluster, who, &node_id)?;
                 None
@@ -299,6 +302,9 @@ impl Master {
     }
 
     /// Whether `who` may speak for `node` (polls check this before waiting).
+    /// With authentication off it checks nothing, not even revocation: a
+    /// revoked node is down and has no assignments, and a poll should not
+    /// cost a second turn of the cluster lock.
     pub async fn check_node(&self, who: &Principal, node: &NodeId) -> Result<(), CommitError> {
         if *who == Principal::Anyone {
             return Ok(());
@@ -519,6 +525,12 @@ fn apply_reports(
 /// Whether `who` may speak for `node`: with authentication on, only with
 /// that node's own, unrevoked credential.
 fn node_access(cluster: &Cluster, who: &Principal, node: &NodeId) -> Result<(), CommitError> {
+    // Revoked is revoked, with authentication on or off.
+    if cluster.nodes.get(node).is_some_and(|n| n.revoked) {
+        return Err(CommitError::Forbidden(format!(
+            "node {node}'s credential was revoked"
+        )));
+    }
     match who {
         Principal::Anyone => Ok(()),
         Principal::Token { name, .. } => Err(CommitError::Forbidden(format!(
@@ -533,13 +545,11 @@ fn node_access(cluster: &Cluster, who: &Principal, node: &NodeId) -> Result<(), 
                     "this credential is node {claimed}'s, not node {node}'s"
                 )));
             }
-            let record = cluster.nodes.get(node);
-            if record.is_some_and(|n| n.revoked) {
-                return Err(CommitError::Forbidden(format!(
-                    "node {node}'s credential was revoked"
-                )));
-            }
-            match record.and_then(|n| n.credential_sha256.as_deref()) {
+            match cluster
+                .nodes
+                .get(node)
+                .and_then(|n| n.credential_sha256.as_deref())
+            {
                 Some(hash) if identity::verify(credential, hash) => Ok(()),
                 _ => Err(CommitError::Unauthenticated(format!(
                     "not a valid credential for node {node}"
