@@ -36,6 +36,15 @@ struct Args {
     /// embedded or etcd.
     #[arg(long)]
     store_backend: Option<StoreBackend>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Read the whole store and check it (format, every record), then say
+    /// what it holds; change nothing. Exit status 1 when it cannot be used.
+    CheckStore,
 }
 
 #[tokio::main]
@@ -52,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
         default_policy: args.default_policy,
         store_backend: args.store_backend,
     });
+    if let Some(Command::CheckStore) = args.command {
+        return check_store(&config).await;
+    }
     config.validate()?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -93,7 +105,17 @@ async fn main() -> anyhow::Result<()> {
             let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
                 .await
                 .context("opening the embedded store")??;
-            let master = Master::open(settings, Arc::new(store), Clock::system()).await?;
+            let file = config
+                .data_dir
+                .join(drover_master::store::embedded::FILE_NAME);
+            let master = Master::open(settings, Arc::new(store), Clock::system())
+                .await
+                .with_context(|| {
+                    format!(
+                        "refusing to start on {} (drover-master check-store says more)",
+                        file.display()
+                    )
+                })?;
             // The socket is listening (connections queue in the kernel from
             // here on) and the store is open: a `Type=notify` unit's
             // dependents, and `systemctl start`, may go on. Sent before
@@ -126,6 +148,58 @@ async fn main() -> anyhow::Result<()> {
             drover_master::ha::run(candidate, auth, listener, tls, shutdown).await;
         }
     }
+    Ok(())
+}
+
+/// `drover-master check-store`: opens the configured store, reads it all as
+/// a starting master would, and reports; writes nothing.
+async fn check_store(config: &MasterConfig) -> anyhow::Result<()> {
+    let (store, place): (Arc<dyn drover_master::store::Store>, String) = match config.store.backend
+    {
+        StoreBackend::Embedded => {
+            let dir = config.data_dir.clone();
+            let place = dir.join(drover_master::store::embedded::FILE_NAME);
+            let store = tokio::task::spawn_blocking(move || EmbeddedStore::open_existing(&dir))
+                .await
+                .context("opening the embedded store")?
+                .with_context(|| format!("{}", place.display()))?;
+            (Arc::new(store), place.display().to_string())
+        }
+        StoreBackend::Etcd => {
+            let etcd = EtcdStore::from_config(&config.store.etcd)
+                .await
+                .context("connecting to etcd")?;
+            let place = format!(
+                "etcd {} under {:?}",
+                config.store.etcd.endpoints.join(","),
+                config.store.etcd.prefix
+            );
+            (Arc::new(etcd), place)
+        }
+    };
+    let snapshot = store.load().await.with_context(|| place.clone())?;
+    let found = drover_master::store::check_format(&snapshot).with_context(|| place.clone())?;
+    let cluster =
+        drover_master::state::Cluster::from_snapshot(&snapshot).with_context(|| place.clone())?;
+    let size = store
+        .size_bytes()
+        .await
+        .map_or_else(|| "size unknown".to_string(), |b| format!("{b} bytes"));
+    println!(
+        "{place}: ok, format {}{}, {} jobs, {} tasks, {} allocs, {} nodes, {} keys, {size}",
+        drover_master::store::FORMAT,
+        match found {
+            drover_master::store::Found::Current => "",
+            drover_master::store::Found::Empty => " (empty: a new cluster)",
+            drover_master::store::Found::Unmarked =>
+                " (not marked yet: the master marks it at start)",
+        },
+        cluster.jobs.len(),
+        cluster.tasks.len(),
+        cluster.allocs.len(),
+        cluster.nodes.len(),
+        snapshot.len(),
+    );
     Ok(())
 }
 

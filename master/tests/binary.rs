@@ -11,6 +11,8 @@ mod support;
 use support::http::http;
 use support::{free_port, MasterProcess};
 
+use drover_master::store::{Batch, EmbeddedStore, Store};
+
 /// The job spec from the README (and DESIGN §5).
 const README_JOB: &str = r#"name: render
 type: batch
@@ -172,4 +174,84 @@ async fn sigterm_answers_pending_long_polls_and_exits_without_waiting_out_the_po
     assert_eq!(poll_status, 503, "{poll_body}");
     assert!(poll_body.contains("\"unavailable\""), "{poll_body}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
+}
+
+/// Runs the binary to completion (a refusal to start, or a subcommand).
+fn run_master(args: &[&str], data_dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_drover-master"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn store_file(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join(drover_master::store::embedded::FILE_NAME)
+}
+
+#[tokio::test]
+async fn a_corrupt_or_foreign_store_is_refused_naming_the_file_and_check_store_says_why() {
+    // A garbage file and a truncated one: refused, the file named, untouched.
+    for len in [100usize, 64 * 1024] {
+        let dir = tempfile::TempDir::new().unwrap();
+        let garbage: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        std::fs::write(store_file(dir.path()), &garbage).unwrap();
+        let (ok, out) = run_master(&[], dir.path());
+        assert!(!ok, "started on garbage: {out}");
+        assert!(out.contains("drover.redb"), "the file is not named: {out}");
+        let (ok, out) = run_master(&["check-store"], dir.path());
+        assert!(!ok && out.contains("drover.redb"), "{out}");
+        assert_eq!(std::fs::read(store_file(dir.path())).unwrap(), garbage);
+    }
+
+    // A store another (newer) version wrote, and one with keys not Drover's.
+    for (key, value, says) in [
+        ("meta/format", r#"{"format": 99}"#, "newer Drover"),
+        ("widgets/w1", "{}", "not Drover's"),
+    ] {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            let mut batch = Batch::new();
+            batch.put(key, value.as_bytes().to_vec());
+            store.commit(batch).await.unwrap();
+        }
+        let (ok, out) = run_master(&[], dir.path());
+        assert!(!ok, "started on a foreign store: {out}");
+        assert!(out.contains(says) && out.contains("drover.redb"), "{out}");
+        let (ok, out) = run_master(&["check-store"], dir.path());
+        assert!(!ok && out.contains(says), "{out}");
+    }
+
+    // No store at all: check-store says so rather than making one.
+    let empty = tempfile::TempDir::new().unwrap();
+    let (ok, out) = run_master(&["check-store"], empty.path());
+    assert!(!ok && out.contains("no store file"), "{out}");
+    assert!(!store_file(empty.path()).exists());
+}
+
+#[tokio::test]
+async fn check_store_reports_what_a_good_store_holds_and_a_started_master_marks_its_format() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let addr = free_port();
+    let mut master = start(addr, dir.path()).await;
+    let (status, body) = http(addr, "POST", "/v1/jobs", "application/yaml", README_JOB).await;
+    assert_eq!(status, 201, "{body}");
+    // SIGTERM, and wait: the store file is free once the process is gone.
+    master.signal("-TERM");
+    let _ = master.0.wait();
+    let (ok, out) = run_master(&["check-store"], dir.path());
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("ok, format 1,") && out.contains("1 jobs, 8 tasks"),
+        "{out}"
+    );
 }

@@ -143,7 +143,16 @@ impl Master {
     ) -> Result<Arc<Master>, StoreError> {
         let started = StdInstant::now();
         let snapshot = store.load().await?;
+        let found = crate::store::check_format(&snapshot)?;
         let cluster = Cluster::from_snapshot(&snapshot)?;
+        if found != crate::store::Found::Current {
+            let mut batch = crate::store::Batch::new();
+            batch.put(
+                crate::store::keys::meta("format"),
+                crate::store::format_marker(),
+            );
+            store.commit(batch).await?;
+        }
         metrics
             .store_op_duration
             .with_label_values(&["load"])

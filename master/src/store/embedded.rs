@@ -59,6 +59,20 @@ impl EmbeddedStore {
     /// this process or another master holds it), and with
     /// [`StoreError::Corrupt`] when the file is not a readable redb database.
     /// Every message names the file.
+    /// Opens the store in `data_dir` only if its file is there (for
+    /// `drover-master check-store`: a missing file is an error, not a new
+    /// empty cluster).
+    pub fn open_existing(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        if !path.is_file() {
+            return Err(StoreError::Unavailable(format!(
+                "no store file at {}",
+                path.display()
+            )));
+        }
+        EmbeddedStore::open(data_dir)
+    }
+
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Unavailable(format!(

@@ -114,6 +114,72 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn compact(&self) -> Result<bool, StoreError>;
 }
 
+/// The layout of what the master stores: bumped whenever a record or key
+/// changes in a way an older master would misread. Kept at `meta/format`.
+pub const FORMAT: u64 = 1;
+
+/// The kinds of key a store of this format holds (`<kind>/...`).
+const KINDS: [&str; 5] = ["jobs", "tasks", "allocs", "nodes", "meta"];
+
+/// What the format check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing stored yet: a new cluster.
+    Empty,
+    /// The marker of this format.
+    Current,
+    /// Drover records without a marker: written before markers existed.
+    Unmarked,
+}
+
+/// Checks that `snapshot` is a Drover store this master can read: its
+/// `meta/format` (when present) is [`FORMAT`], and every key is one of its
+/// kinds. Anything else is refused rather than read as an empty or partial
+/// cluster: starting on the wrong data would drop every job it holds.
+pub fn check_format(snapshot: &Snapshot) -> Result<Found, StoreError> {
+    if let Some(key) = snapshot
+        .keys()
+        .find(|k| !KINDS.contains(&k.split_once('/').map_or(k.as_str(), |(kind, _)| kind)))
+    {
+        return Err(StoreError::Corrupt(format!(
+            "unknown key {key:?}: this store holds data that is not Drover's, or is another \
+             version's; point the master at its own data dir (or etcd prefix)"
+        )));
+    }
+    let Some(raw) = snapshot.get(&keys::meta("format")) else {
+        return Ok(if snapshot.is_empty() {
+            Found::Empty
+        } else {
+            Found::Unmarked
+        });
+    };
+    let found = serde_json::from_slice::<serde_json::Value>(raw)
+        .ok()
+        .and_then(|v| v.get("format").and_then(serde_json::Value::as_u64));
+    match found {
+        Some(FORMAT) => Ok(Found::Current),
+        Some(n) if n > FORMAT => Err(StoreError::Corrupt(format!(
+            "the store is format {n}, written by a newer Drover; this master reads format \
+             {FORMAT}: run the newer version"
+        ))),
+        Some(n) => Err(StoreError::Corrupt(format!(
+            "the store is format {n}, which this master ({FORMAT}) cannot read"
+        ))),
+        None => Err(StoreError::Corrupt(
+            "meta/format is not a format marker".to_string(),
+        )),
+    }
+}
+
+/// The marker a store of this format carries.
+pub fn format_marker() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "format": FORMAT,
+        "written_by": concat!("drover-master ", env!("CARGO_PKG_VERSION")),
+    }))
+    .unwrap_or_default()
+}
+
 /// Key layout, shared by every backend (etcd adds its prefix).
 pub mod keys {
     use drover_api::{AllocId, JobId, NodeId, TaskId};
