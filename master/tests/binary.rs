@@ -255,3 +255,82 @@ async fn check_store_reports_what_a_good_store_holds_and_a_started_master_marks_
         "{out}"
     );
 }
+
+/// A tmpfs of `bytes` mounted on a new temp dir, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::TempDir::new().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_makes_writes_503_and_service_resumes_once_there_is_room() {
+    let Some(disk) = SmallDisk::mount(8 << 20) else {
+        panic!("mounting a tmpfs needs root (CI runs as root)");
+    };
+    let data = disk.dir.path().join("data");
+    // Room the test gives back later.
+    let filler = disk.dir.path().join("filler");
+    let addr = free_port();
+    let _master = start(addr, &data).await;
+    std::fs::write(&filler, vec![0u8; 5 << 20]).unwrap();
+
+    let mut refused = 0;
+    let mut stored = Vec::new();
+    for i in 0..400 {
+        let job = format!(
+            "name: fill-{i}\ncount: 20\ncommand: [\"/bin/true\"]\nenv: {{PAD: \"{}\"}}\n",
+            "x".repeat(3000)
+        );
+        let (status, body) = http(addr, "POST", "/v1/jobs", "application/yaml", &job).await;
+        match status {
+            201 => stored.push(format!("fill-{i}")),
+            503 => {
+                refused += 1;
+                if refused >= 3 {
+                    break;
+                }
+            }
+            other => panic!("job {i}: {other} {body}"),
+        }
+    }
+    assert!(
+        refused >= 3,
+        "the disk never filled ({} stored)",
+        stored.len()
+    );
+    // Every acknowledged job is still there.
+    for name in &stored {
+        let (status, body) = http(addr, "GET", &format!("/v1/jobs/{name}"), "text/plain", "").await;
+        assert_eq!(status, 200, "{name}: {body}");
+    }
+    // Room again: writes are taken again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let mut resumed = false;
+    for _ in 0..50 {
+        let job = "name: after-room\ncommand: [\"/bin/true\"]\n";
+        let (status, _) = http(addr, "POST", "/v1/jobs", "application/yaml", job).await;
+        if status == 201 {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(resumed, "writes were still refused after the disk had room");
+}

@@ -32,8 +32,10 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("drover_kv");
 /// The redb-backed [`Store`]. Cheap to share behind an `Arc`; dropping the
 /// last handle closes the file and releases its lock.
 pub struct EmbeddedStore {
-    /// Shared by reads and commits; compaction takes it for itself.
-    db: Arc<RwLock<Database>>,
+    /// Shared by reads and commits; compaction takes it for itself. `None`
+    /// after an I/O error (a full disk): redb refuses every operation on a
+    /// database that met one, so the next operation opens the file afresh.
+    db: Arc<RwLock<Option<Database>>>,
     path: Arc<PathBuf>,
 }
 
@@ -49,16 +51,6 @@ impl fmt::Debug for EmbeddedStore {
 const CACHE_BYTES: usize = 32 << 20;
 
 impl EmbeddedStore {
-    /// Opens (or creates) `data_dir/drover.redb`, creating `data_dir` if needed.
-    ///
-    /// Blocking: it runs redb's integrity check over the whole file, so call it
-    /// at startup (or from `spawn_blocking`), not from a busy runtime thread.
-    ///
-    /// Fails with [`StoreError::Unavailable`] when the dir or file cannot be
-    /// created or opened, or when the file is already open (another store in
-    /// this process or another master holds it), and with
-    /// [`StoreError::Corrupt`] when the file is not a readable redb database.
-    /// Every message names the file.
     /// Opens the store in `data_dir` only if its file is there (for
     /// `drover-master check-store`: a missing file is an error, not a new
     /// empty cluster).
@@ -73,6 +65,16 @@ impl EmbeddedStore {
         EmbeddedStore::open(data_dir)
     }
 
+    /// Opens (or creates) `data_dir/drover.redb`, creating `data_dir` if needed.
+    ///
+    /// Blocking: it runs redb's integrity check over the whole file, so call it
+    /// at startup (or from `spawn_blocking`), not from a busy runtime thread.
+    ///
+    /// Fails with [`StoreError::Unavailable`] when the dir or file cannot be
+    /// created or opened, or when the file is already open (another store in
+    /// this process or another master holds it), and with
+    /// [`StoreError::Corrupt`] when the file is not a readable redb database.
+    /// Every message names the file.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Unavailable(format!(
@@ -82,16 +84,7 @@ impl EmbeddedStore {
         })?;
         let path = data_dir.join(FILE_NAME);
         let started = Instant::now();
-        let db = Database::builder()
-            // Reports a damaged file as `Corrupted` rather than trusting (and
-            // possibly panicking on) it.
-            .set_check_integrity_on_open(true)
-            // The master reads the store once, at start, and keeps the
-            // cluster in memory itself: redb's default 1 GiB page cache
-            // would only hold a second copy of it.
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| map_err(&path, "open", e.into()))?;
+        let db = open_file(&path)?;
 
         // Create the table up front, so that a read never meets a missing one.
         let mut txn = db
@@ -108,7 +101,7 @@ impl EmbeddedStore {
             "embedded store opened"
         );
         Ok(EmbeddedStore {
-            db: Arc::new(RwLock::new(db)),
+            db: Arc::new(RwLock::new(Some(db))),
             path: Arc::new(path),
         })
     }
@@ -128,7 +121,10 @@ impl Store for EmbeddedStore {
     async fn load(&self) -> Result<Snapshot, StoreError> {
         let db = Arc::clone(&self.db);
         let path = Arc::clone(&self.path);
-        run_blocking(&self.path, "load", move || load_blocking(&read(&db), &path)).await
+        run_blocking(&self.path, "load", move || {
+            with_db(&db, &path, |d| load_blocking(d, &path))
+        })
+        .await
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
@@ -138,7 +134,7 @@ impl Store for EmbeddedStore {
         let db = Arc::clone(&self.db);
         let path = Arc::clone(&self.path);
         run_blocking(&self.path, "commit", move || {
-            commit_blocking(&read(&db), &path, batch)
+            with_db(&db, &path, |d| commit_blocking(d, &path, batch))
         })
         .await
     }
@@ -151,7 +147,13 @@ impl Store for EmbeddedStore {
         let db = Arc::clone(&self.db);
         let path = Arc::clone(&self.path);
         run_blocking(&self.path, "compact", move || {
-            let mut db = db.write().unwrap_or_else(|e| e.into_inner());
+            let mut guard = db.write().unwrap_or_else(|e| e.into_inner());
+            let Some(db) = guard.as_mut() else {
+                return Err(StoreError::Unavailable(format!(
+                    "{}: not open (after an I/O error); compaction waits",
+                    path.display()
+                )));
+            };
             let started = Instant::now();
             let before = std::fs::metadata(&*path).map_or(0, |m| m.len());
             let mut compacted = false;
@@ -185,11 +187,77 @@ impl Store for EmbeddedStore {
 /// Compaction rounds at most, each a pass over the file.
 const COMPACT_ROUNDS: usize = 8;
 
+/// Opens the file with the store's settings.
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    Database::builder()
+        // Reports a damaged file as `Corrupted` rather than trusting (and
+        // possibly panicking on) it.
+        .set_check_integrity_on_open(true)
+        // The master reads the store once, at start, and keeps the
+        // cluster in memory itself: redb's default 1 GiB page cache
+        // would only hold a second copy of it.
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| map_err(path, "open", e.into()))
+}
+
 /// A poisoned lock only means a commit panicked; redb's own transactions
 /// keep the file consistent, so the database is still usable.
-fn read(db: &RwLock<Database>) -> RwLockReadGuard<'_, Database> {
+fn read(db: &RwLock<Option<Database>>) -> RwLockReadGuard<'_, Option<Database>> {
     db.read().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Runs `work` on the open database, first reopening it if an I/O error
+/// closed it; an I/O error now closes it for the next call to reopen. A
+/// full disk thus refuses writes (503) while it is full, and the store
+/// serves again once there is room, without a restart. redb's commits are
+/// atomic, so what was acknowledged before is there after the reopen.
+fn with_db<T>(
+    db: &RwLock<Option<Database>>,
+    path: &Path,
+    work: impl FnOnce(&Database) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    {
+        let guard = read(db);
+        if let Some(d) = guard.as_ref() {
+            return match work(d) {
+                Err(StoreError::Unavailable(msg)) if msg.contains(IO_MARK) => {
+                    drop(guard);
+                    close(db, path, &msg);
+                    Err(StoreError::Unavailable(msg))
+                }
+                other => other,
+            };
+        }
+    }
+    let mut guard = db.write().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        *guard = Some(open_file(path)?);
+        tracing::info!(path = %path.display(), "embedded store reopened after an I/O error");
+    }
+    let d = guard
+        .as_ref()
+        .ok_or_else(|| StoreError::Unavailable(format!("{}: not open", path.display())))?;
+    match work(d) {
+        Err(StoreError::Unavailable(msg)) if msg.contains(IO_MARK) => {
+            *guard = None;
+            Err(StoreError::Unavailable(msg))
+        }
+        other => other,
+    }
+}
+
+/// Drops the database after an I/O error (releasing the file's lock), so
+/// that the next operation opens it afresh.
+fn close(db: &RwLock<Option<Database>>, path: &Path, why: &str) {
+    let mut guard = db.write().unwrap_or_else(|e| e.into_inner());
+    if guard.take().is_some() {
+        tracing::warn!(path = %path.display(), error = why, "embedded store closed after an I/O error; it reopens on the next operation");
+    }
+}
+
+/// What `map_err` puts in the message of an I/O failure.
+const IO_MARK: &str = "I/O error";
 
 fn load_blocking(db: &Database, path: &Path) -> Result<Snapshot, StoreError> {
     let started = Instant::now();
@@ -295,6 +363,12 @@ fn map_err(path: &Path, what: &str, e: redb::Error) -> StoreError {
         redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
             StoreError::Corrupt(format!("{file}: {what}: {io}"))
         }
+        redb::Error::Io(io) => {
+            StoreError::Unavailable(format!("{file}: {what} failed: {IO_MARK}: {io}"))
+        }
+        redb::Error::PreviousIo => StoreError::Unavailable(format!(
+            "{file}: {what} failed: {IO_MARK} earlier; the store reopens"
+        )),
         e => StoreError::Unavailable(format!("{file}: {what} failed: {e}")),
     }
 }
