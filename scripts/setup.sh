@@ -33,7 +33,13 @@ if $tests; then
     command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
     # The API fuzz run: a venv for schemathesis (Debian splits venv out).
     command -v python3 >/dev/null || need_apt+=(python3)
-    python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+    # Debian's python3 imports ensurepip but cannot bootstrap pip without
+    # python3-venv: ask dpkg, not Python.
+    if command -v dpkg >/dev/null; then
+        dpkg -s python3-venv >/dev/null 2>&1 || need_apt+=(python3-venv)
+    else
+        python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+    fi
 fi
 
 if ((${#need_apt[@]})); then
