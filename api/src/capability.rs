@@ -35,18 +35,26 @@ pub enum CapabilityError {
 pub fn new_key() -> Option<String> {
     let mut key = [0u8; 32];
     SystemRandom::new().fill(&mut key).ok()?;
-    Some(key.iter().map(|b| format!("{b:02x}")).collect())
+    Some(to_hex(&key))
 }
 
-fn key(hex: &str) -> Option<hmac::Key> {
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 bytes from 64 hex digits; `None` for anything else.
+fn from_hex32(hex: &str) -> Option<Vec<u8>> {
     if hex.len() != 64 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..hex.len())
+    (0..64)
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    Some(hmac::Key::new(hmac::HMAC_SHA256, &bytes?))
+        .collect()
+}
+
+fn key(hex: &str) -> Option<hmac::Key> {
+    Some(hmac::Key::new(hmac::HMAC_SHA256, &from_hex32(hex)?))
 }
 
 fn message(alloc: &AllocId, expiry_ms: u64) -> String {
@@ -58,8 +66,7 @@ fn message(alloc: &AllocId, expiry_ms: u64) -> String {
 pub fn sign(key_hex: &str, alloc: &AllocId, now_ms: u64) -> Option<String> {
     let expiry = now_ms.saturating_add(LIFETIME_MS);
     let tag = hmac::sign(&key(key_hex)?, message(alloc, expiry).as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("{expiry}.{hex}"))
+    Some(format!("{expiry}.{}", to_hex(tag.as_ref())))
 }
 
 /// Checks the capability presented for `alloc`'s logs.
@@ -73,17 +80,7 @@ pub fn verify(
     let capability = capability.ok_or(CapabilityError::Missing)?;
     let (expiry, tag) = capability.split_once('.').ok_or(CapabilityError::Invalid)?;
     let expiry: u64 = expiry.parse().map_err(|_| CapabilityError::Invalid)?;
-    if tag.len() != 64 {
-        return Err(CapabilityError::Invalid);
-    }
-    let tag: Vec<u8> = (0..64)
-        .step_by(2)
-        .map(|i| {
-            tag.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<_>>()
-        .ok_or(CapabilityError::Invalid)?;
+    let tag = from_hex32(tag).ok_or(CapabilityError::Invalid)?;
     hmac::verify(&key, message(alloc, expiry).as_bytes(), &tag)
         .map_err(|_| CapabilityError::Invalid)?;
     // Signed: the expiry is the master's. Past it, give the clocks leeway.

@@ -2873,6 +2873,11 @@ impl Harness {
         self.send(authed(req, token)).await
     }
 
+    async fn get_as(&self, token: &str, path: &str) -> Resp {
+        self.as_(token, warp::test::request().method("GET").path(path))
+            .await
+    }
+
     /// Joins `id` with the join token; its credential.
     async fn join(&self, id: &str) -> String {
         let v = self
@@ -2926,7 +2931,7 @@ async fn a_node_speaks_with_its_own_credential_and_no_other() {
         .expect(200);
     assert!(again.get("credential").is_none(), "{again}");
     // A credential is for the agent protocol only.
-    h.as_(&c1, warp::test::request().method("GET").path("/v1/jobs"))
+    h.get_as(&c1, "/v1/jobs")
         .await
         .expect_error(403, "forbidden");
     // The store holds the credential's hash, never the credential.
@@ -2948,12 +2953,7 @@ async fn a_node_cannot_report_on_another_nodes_alloc_and_the_attempt_is_counted(
         .expect(201);
     h.schedule().await;
     let task = h
-        .as_(
-            ADMIN_TOKEN,
-            warp::test::request()
-                .method("GET")
-                .path("/v1/tasks/render/0"),
-        )
+        .get_as(ADMIN_TOKEN, "/v1/tasks/render/0")
         .await
         .expect(200);
     let owner = task["attempts"][0]["node"].as_str().unwrap().to_string();
@@ -2983,12 +2983,7 @@ async fn a_node_cannot_report_on_another_nodes_alloc_and_the_attempt_is_counted(
         .await
         .expect(200);
     let alloc = h
-        .as_(
-            ADMIN_TOKEN,
-            warp::test::request()
-                .method("GET")
-                .path("/v1/allocs/render/0/1"),
-        )
+        .get_as(ADMIN_TOKEN, "/v1/allocs/render/0/1")
         .await
         .expect(200);
     assert_eq!(alloc["state"], "running", "{alloc}");
@@ -3023,12 +3018,7 @@ async fn a_revoked_node_is_down_its_work_moves_and_its_credential_is_dead() {
         "{n}"
     );
     let alloc = h
-        .as_(
-            ADMIN_TOKEN,
-            warp::test::request()
-                .method("GET")
-                .path("/v1/allocs/render/0/1"),
-        )
+        .get_as(ADMIN_TOKEN, "/v1/allocs/render/0/1")
         .await
         .expect(200);
     assert_eq!(alloc["state"], "lost", "{alloc}");
@@ -3044,13 +3034,7 @@ async fn a_revoked_node_is_down_its_work_moves_and_its_credential_is_dead() {
     let h = h.restart().await;
     let hb = post_body("/v1/agent/heartbeat", &heartbeat("n1", Vec::new()));
     h.as_(&c1, hb).await.expect_error(403, "forbidden");
-    let n = h
-        .as_(
-            ADMIN_TOKEN,
-            warp::test::request().method("GET").path("/v1/nodes/n1"),
-        )
-        .await
-        .expect(200);
+    let n = h.get_as(ADMIN_TOKEN, "/v1/nodes/n1").await.expect(200);
     assert_eq!(n["state"], "down", "{n}");
 }
 
@@ -3064,21 +3048,9 @@ async fn a_submitter_changes_only_its_own_jobs_and_an_admin_any() {
     h.as_(SUBMITTER_TOKEN, post_body("/v1/jobs", &spec("mine", 1)))
         .await
         .expect(201);
-    let job = h
-        .as_(
-            READER_TOKEN,
-            warp::test::request().method("GET").path("/v1/jobs/mine"),
-        )
-        .await
-        .expect(200);
+    let job = h.get_as(READER_TOKEN, "/v1/jobs/mine").await.expect(200);
     assert_eq!(job["owner"], "ci", "{job}");
-    let listed = h
-        .as_(
-            READER_TOKEN,
-            warp::test::request().method("GET").path("/v1/jobs"),
-        )
-        .await
-        .expect(200);
+    let listed = h.get_as(READER_TOKEN, "/v1/jobs").await.expect(200);
     assert_eq!(listed[0]["owner"], "ci", "{listed}");
 
     // Another submitter may neither update, stop nor purge it.
@@ -3101,13 +3073,7 @@ async fn a_submitter_changes_only_its_own_jobs_and_an_admin_any() {
         .await
         .expect_error(403, "forbidden");
     }
-    let job = h
-        .as_(
-            READER_TOKEN,
-            warp::test::request().method("GET").path("/v1/jobs/mine"),
-        )
-        .await
-        .expect(200);
+    let job = h.get_as(READER_TOKEN, "/v1/jobs/mine").await.expect(200);
     assert_eq!(
         (job["version"].as_u64(), job["state"].as_str()),
         (Some(1), Some("pending")),
@@ -3121,13 +3087,7 @@ async fn a_submitter_changes_only_its_own_jobs_and_an_admin_any() {
     h.as_(ADMIN_TOKEN, post_body("/v1/jobs", &spec("mine", 3)))
         .await
         .expect(200);
-    let job = h
-        .as_(
-            READER_TOKEN,
-            warp::test::request().method("GET").path("/v1/jobs/mine"),
-        )
-        .await
-        .expect(200);
+    let job = h.get_as(READER_TOKEN, "/v1/jobs/mine").await.expect(200);
     assert_eq!(
         (job["version"].as_u64(), job["owner"].as_str()),
         (Some(3), Some("ci")),
