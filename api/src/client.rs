@@ -38,6 +38,9 @@ const LARGE_BODY: usize = 1 << 20;
 /// How long an ordinary call may take, connection included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a call waits out 429 answers, in all, by default.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(120);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the master at {addr}: {reason}")]
@@ -159,6 +162,8 @@ pub struct Client {
     /// Some address was given as `https://`: plain HTTP is never used then.
     https: bool,
     timeout: Duration,
+    /// How long to keep waiting out 429 answers before giving one back.
+    patience: Duration,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -230,6 +235,7 @@ impl Client {
             tls: None,
             https,
             timeout: DEFAULT_TIMEOUT,
+            patience: DEFAULT_PATIENCE,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -268,6 +274,14 @@ impl Client {
     /// Per-call time limit for everything but long polls and followed logs.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long a call keeps waiting out an overloaded master's 429s
+    /// (each for its `Retry-After`) before the 429 is returned; zero:
+    /// never wait.
+    pub fn with_patience(mut self, patience: Duration) -> Self {
+        self.patience = patience;
         self
     }
 
@@ -428,7 +442,9 @@ impl Client {
     }
 
     /// Any request, with the answer returned whatever its status: for
-    /// callers that check error answers themselves (tests, scripts).
+    /// callers that check error answers themselves (tests, scripts). A 429
+    /// is waited out like any call's unless the client has no patience
+    /// ([`Client::with_patience`]).
     pub async fn raw(
         &self,
         method: &str,
@@ -528,11 +544,48 @@ impl Client {
         }
     }
 
+    /// [`Client::call_once`], sent again after each 429's `Retry-After`
+    /// (a master refuses calls beyond its limits before doing anything)
+    /// until the client's patience runs out; then the 429 is the answer.
+    async fn call_head(&self, req: &Request<'_>) -> Result<Head, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut refused = 0u32;
+        loop {
+            let head = self.call_once(req).await?;
+            if head.resp.status() != hyper::StatusCode::TOO_MANY_REQUESTS {
+                return Ok(head);
+            }
+            let secs = head
+                .resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 60);
+            // Each refusal in a row doubles the wait (to half a minute):
+            // thousands of callers coming back every second would keep an
+            // overloaded master busy refusing them. Up to half as long
+            // again, so that the refused do not all return at one instant.
+            let backoff = 1u64 << refused.min(5);
+            let wait = Duration::from_secs(secs.max(backoff).min(30)).mul_f64(1.0 + jitter() / 2.0);
+            if tokio::time::Instant::now() + wait > deadline {
+                return Ok(head);
+            }
+            let Head { addr, resp, sender } = head;
+            if collect(&addr, resp, req.timeout).await.is_ok() {
+                self.keep(addr, sender);
+            }
+            tokio::time::sleep(wait).await;
+            refused += 1;
+        }
+    }
+
     /// Sends `req` to each master in turn, starting with the one that
     /// answered last, until one answers below 500 (or 502: a master's own
     /// answer that an agent it proxies to is unreachable, which another
     /// master would repeat). Returns the answer's head; its body is unread.
-    async fn call_head(&self, req: &Request<'_>) -> Result<Head, ClientError> {
+    async fn call_once(&self, req: &Request<'_>) -> Result<Head, ClientError> {
         let n = self.addrs.len();
         if n == 0 {
             return Err(ClientError::NoAddress);
@@ -692,6 +745,16 @@ fn spec_body(spec: &str, format: SpecFormat) -> (&'static str, Bytes) {
         format.content_type(),
         Bytes::copy_from_slice(spec.as_bytes()),
     )
+}
+
+/// A number in [0, 1), different at each call (std's hasher keys are
+/// random), for spreading retries.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let h = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 async fn collect(

@@ -186,6 +186,12 @@ fn operation(route: &Route, docs: &Map<String, Value>, g: &mut SchemaGenerator) 
                     "schema": {"type": "integer", "minimum": 0},
                 }});
             }
+            429 => {
+                answer["headers"] = json!({"Retry-After": {
+                    "description": "Seconds to wait before sending the same request again.",
+                    "schema": {"type": "integer", "minimum": 0},
+                }});
+            }
             401 => {
                 answer["headers"] = json!({"WWW-Authenticate": {
                     "description": "`Bearer`.",
@@ -270,6 +276,17 @@ fn error_description(route: &Route, status: u16) -> String {
         411 => "The body has no Content-Length.".to_string(),
         413 => "The body is larger than `api.max_body`.".to_string(),
         415 => "The body's Content-Type is not one this route reads.".to_string(),
+        429 if route.id == RouteId::SubmitJob => {
+            "Overloaded: the master is serving as many calls as `api.max_requests` allows \
+             (`overloaded`), or the job's tasks would take the pending queue past \
+             `scheduler.max_pending_tasks` (`backlog_full`); nothing was done. Send the same \
+             request again after `Retry-After` seconds."
+                .to_string()
+        }
+        429 => "Overloaded: the master is serving as many calls of this kind as \
+                `api.max_requests` (users) or `api.max_agent_requests` (agents) allows; nothing \
+                was done. Send the same request again after `Retry-After` seconds."
+            .to_string(),
         502 => "The agent's log server did not answer.".to_string(),
         503 if !route.leader => "No master leads yet.".to_string(),
         503 => "This master does not lead, is stopping, or cannot write for now; nothing was \
@@ -317,11 +334,17 @@ mod tests {
         let doc = document();
         let submit = &doc["paths"]["/v1/jobs"]["post"]["responses"];
         for status in [
-            "201", "200", "400", "401", "403", "411", "413", "415", "503",
+            "201", "200", "400", "401", "403", "411", "413", "415", "429", "503",
         ] {
             assert!(submit.get(status).is_some(), "POST /v1/jobs lacks {status}");
         }
         assert!(submit["503"]["headers"]["Retry-After"].is_object());
+        assert!(submit["429"]["headers"]["Retry-After"].is_object());
+        let health = &doc["paths"]["/healthz"]["get"]["responses"];
+        assert!(
+            health.get("429").is_none(),
+            "open routes are never throttled"
+        );
         let logs = &doc["paths"]["/v1/tasks/{job}/{index}/logs"]["get"];
         assert!(logs["responses"]["502"].is_object());
         let names: Vec<_> = logs["parameters"]

@@ -533,7 +533,8 @@ impl Route {
             all.extend([411, 413, 415]);
         }
         if let Access::Token(role) = self.access {
-            all.push(401);
+            // Calls that need a token are admitted a bounded number at once.
+            all.extend([401, 429]);
             // Every token is at least a reader.
             if role > Role::Reader {
                 all.push(403);

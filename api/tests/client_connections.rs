@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use drover_api::client::Client;
+use drover_api::client::{Client, ClientError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -14,6 +14,21 @@ use tokio::net::TcpListener;
 /// without saying so (as a master that restarted or timed an idle
 /// connection out would).
 async fn server(close_after_answer: bool) -> (String, Arc<AtomicUsize>) {
+    server_answering(close_after_answer, Vec::new()).await
+}
+
+const OK_ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+
+/// Like [`server`], but the first requests (across connections) get
+/// `first` in turn; `{}` after them.
+async fn server_answering(
+    close_after_answer: bool,
+    first: Vec<&'static [u8]>,
+) -> (String, Arc<AtomicUsize>) {
+    let first = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        first,
+    )));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -21,6 +36,7 @@ async fn server(close_after_answer: bool) -> (String, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
+            let first = Arc::clone(&first);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -34,7 +50,8 @@ async fn server(close_after_answer: bool) -> (String, Arc<AtomicUsize>) {
                     }
                     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
                     buf.drain(..end);
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    let next = first.lock().unwrap().pop_front();
+                    let answer = next.unwrap_or(OK_ANSWER);
                     if sock.write_all(answer).await.is_err() {
                         return;
                     }
@@ -71,4 +88,40 @@ async fn a_connection_the_server_closed_is_replaced_and_the_call_succeeds() {
         tokio::task::yield_now().await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
+}
+
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: 52\r\n\r\n{\"error\":{\"code\":\"overloaded\",\"message\":\"busy now\"}}";
+
+#[tokio::test]
+async fn a_429_is_waited_out_for_its_retry_after_and_the_call_then_succeeds() {
+    let (addr, _) = server_answering(false, vec![TOO_MANY, TOO_MANY]).await;
+    let client = Client::new(vec![addr], None);
+    let started = std::time::Instant::now();
+    let v: serde_json::Value = client.get("/v1/anything").await.expect("an answer");
+    assert_eq!(v, serde_json::json!({}));
+    let waited = started.elapsed();
+    // Retry-After: 1, then twice that (a second refusal in a row doubles
+    // the wait), each stretched by up to a half against herds.
+    assert!(
+        waited >= std::time::Duration::from_secs(3) && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_without_patience_gets_the_429_with_its_retry_after() {
+    let (addr, _) = server_answering(false, vec![TOO_MANY]).await;
+    let client = Client::new(vec![addr], None).with_patience(std::time::Duration::ZERO);
+    match client.get::<serde_json::Value>("/v1/anything").await {
+        Err(ClientError::Api {
+            status: 429,
+            code,
+            retry_after,
+            ..
+        }) => {
+            assert_eq!(code, "overloaded");
+            assert_eq!(retry_after, Some(1));
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -386,6 +386,8 @@ pub struct MasterProc {
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl MasterProc {
@@ -396,14 +398,24 @@ impl MasterProc {
 
     /// Starts a master with `config` (YAML) in `dir`, listening on an
     /// ephemeral port that it reports in its JSON log ("master listening").
-    fn start(dir: &Path, config: &str) -> MasterProc {
+    fn start(dir: &Path, config: &str, env: &[(String, String)]) -> MasterProc {
         let config_path = dir.join("master.yaml");
         fs::write(&config_path, config).expect("writing the master config");
+        MasterProc::spawn(dir, env)
+    }
+
+    /// Starts `dir`'s master on its config; an earlier run's log is kept
+    /// as `master.log.1`.
+    fn spawn(dir: &Path, env: &[(String, String)]) -> MasterProc {
         let log = dir.join("master.log");
+        if log.exists() {
+            fs::rename(&log, dir.join("master.log.1")).expect("keeping the earlier log");
+        }
         let file = File::create(&log).expect("creating the master's log");
         let child = Command::new(binary("drover-master"))
             .arg("--config")
-            .arg(&config_path)
+            .arg(dir.join("master.yaml"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             // tracing's fmt logs to stdout; errors at start go to stderr.
             .stdout(file.try_clone().expect("cloning a file handle"))
@@ -414,6 +426,8 @@ impl MasterProc {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
+            dir: dir.to_path_buf(),
+            env: env.to_vec(),
         };
         let found = wait_until(START_TIMEOUT, || {
             if let Some(addr) = listening_addr(&master.log) {
@@ -479,6 +493,10 @@ pub struct AgentProc {
     dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Runs in this network namespace (`ip netns exec`).
+    netns: Option<String>,
+    /// Lines appended to its config.
+    extra: String,
 }
 
 impl AgentProc {
@@ -519,7 +537,8 @@ impl AgentProc {
              kill_grace: {grace}ms\n\
              fake_gpus: [{gpus}]\n\
              token: {token}\n\
-             {tls}",
+             {tls}{extra}",
+            extra = self.extra,
             token = token.unwrap_or("null"),
             tls = match pki {
                 Some(p) => format!(
@@ -544,7 +563,16 @@ impl AgentProc {
             .append(true)
             .open(&self.log)
             .expect("opening an agent's log");
-        let child = Command::new(binary("drover-agent"))
+        let mut command = match &self.netns {
+            // `ip netns exec` execs the agent: the child's PID is the agent's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("drover-agent"));
+                c
+            }
+            None => Command::new(binary("drover-agent")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .env("NO_COLOR", "1")
@@ -614,6 +642,21 @@ pub struct ClusterBuilder {
     /// TLS everywhere: the REST API, the agents' log servers, and every
     /// client of them, with a CA of the test's own.
     tls: bool,
+    /// The master listens here rather than on 127.0.0.1 (with `insecure`
+    /// when there are no tokens).
+    master_ip: Option<std::net::IpAddr>,
+    /// Environment of the master processes.
+    master_env: Vec<(String, String)>,
+    /// `liveness.max_down_per_second`.
+    max_down_per_second: u32,
+    /// `api.max_requests`, `api.max_agent_requests`.
+    max_requests: Option<(usize, usize)>,
+    /// `scheduler.max_pending_tasks`.
+    max_pending_tasks: Option<usize>,
+    /// By agent index: the network namespace it runs in.
+    agent_netns: BTreeMap<usize, String>,
+    /// By agent index: lines added to its config.
+    agent_extra: BTreeMap<usize, String>,
 }
 
 /// A CA and the certificates it signed for a test cluster, as PEM files.
@@ -718,6 +761,50 @@ impl ClusterBuilder {
         self
     }
 
+    /// The master listens on `ip` (one of this machine's addresses, such as
+    /// the host end of a veth pair the test made) instead of 127.0.0.1.
+    pub fn master_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.master_ip = Some(ip);
+        self
+    }
+
+    /// An environment variable for the master processes.
+    pub fn master_env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.master_env.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// `liveness.max_down_per_second` (default 1).
+    pub fn max_down_per_second(mut self, n: u32) -> Self {
+        self.max_down_per_second = n;
+        self
+    }
+
+    /// `api.max_requests` and `api.max_agent_requests`.
+    pub fn max_requests(mut self, users: usize, agents: usize) -> Self {
+        self.max_requests = Some((users, agents));
+        self
+    }
+
+    /// `scheduler.max_pending_tasks`.
+    pub fn max_pending_tasks(mut self, n: usize) -> Self {
+        self.max_pending_tasks = Some(n);
+        self
+    }
+
+    /// Agent `i` (0-based) runs in network namespace `ns`, which the test
+    /// made, and which must reach the master's address.
+    pub fn agent_netns(mut self, i: usize, ns: &str) -> Self {
+        self.agent_netns.insert(i, ns.to_string());
+        self
+    }
+
+    /// Lines added to agent `i`'s config (YAML, each ending in a newline).
+    pub fn agent_config(mut self, i: usize, yaml: &str) -> Self {
+        self.agent_extra.insert(i, yaml.to_string());
+        self
+    }
+
     /// Starts the master, then the agents, and returns once every agent is
     /// registered and ready.
     pub async fn start(self) -> Cluster {
@@ -750,13 +837,30 @@ impl ClusterBuilder {
             let master_dir = root.path().join(name);
             make_dir(&master_dir, 0o755);
             let config = format!(
-                "listen: 127.0.0.1:0\n\
+                "listen: {ip}:0\n\
+                 insecure: {insecure}\n\
                  data_dir: {data}\n\
                  {store}\
-                 scheduler: {{ default_policy: {policy}, pass_interval: 250ms }}\n\
-                 liveness: {{ heartbeat_interval: {hb}ms, node_timeout: {timeout}ms, suspect_after_missed: {suspect} }}\n\
+                 scheduler: {{ default_policy: {policy}, pass_interval: 250ms{pending} }}\n\
+                 liveness: {{ heartbeat_interval: {hb}ms, node_timeout: {timeout}ms, suspect_after_missed: {suspect}, max_down_per_second: {down_rate} }}\n\
+                 {api}\
                  log: {{ level: info, format: json }}\n\
                  {auth}{tls}",
+                ip = self
+                    .master_ip
+                    .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1])),
+                insecure = self.master_ip.is_some() && !self.tls,
+                pending = self
+                    .max_pending_tasks
+                    .map(|n| format!(", max_pending_tasks: {n}"))
+                    .unwrap_or_default(),
+                down_rate = self.max_down_per_second,
+                api = self
+                    .max_requests
+                    .map(|(u, a)| {
+                        format!("api: {{ max_requests: {u}, max_agent_requests: {a} }}\n")
+                    })
+                    .unwrap_or_default(),
                 tls = match &pki {
                     Some(p) => format!(
                         "tls: {{ cert_file: {}, key_file: {}, agent_ca_file: {} }}\n",
@@ -782,18 +886,10 @@ impl ClusterBuilder {
                 timeout = self.node_timeout.as_millis(),
                 suspect = self.suspect_after_missed,
             );
-            masters.push(MasterProc::start(&master_dir, &config));
+            masters.push(MasterProc::start(&master_dir, &config, &self.master_env));
         }
         let addrs: Vec<String> = masters.iter().map(|m| m.addr().to_string()).collect();
-        let token = self.tokens.then(|| ADMIN_TOKEN.to_string());
-        let mut client = Client::new(addrs, token).with_timeout(Duration::from_secs(10));
-        if let Some(p) = &pki {
-            let files = drover_tls::ClientFiles {
-                ca_file: Some(p.ca.clone()),
-                identity: None,
-            };
-            client = client.with_tls(drover_tls::connector(&files).expect("the test CA"));
-        }
+        let client = make_client(addrs, self.tokens, pki.as_ref());
         let mut cluster = Cluster {
             join_token: self.tokens.then(|| JOIN_TOKEN.to_string()),
             pki,
@@ -819,12 +915,31 @@ impl ClusterBuilder {
                 node,
                 dir,
                 child: None,
+                netns: self.agent_netns.get(&(i - 1)).cloned(),
+                extra: self.agent_extra.get(&(i - 1)).cloned().unwrap_or_default(),
             });
         }
         for i in 0..self.agents {
             cluster.start_agent(i).await;
         }
         cluster
+    }
+}
+
+/// A client of `addrs` with the admin token when `tokens`, and the
+/// cluster's CA when it has one.
+fn make_client(addrs: Vec<String>, tokens: bool, pki: Option<&TestPki>) -> Client {
+    let token = tokens.then(|| ADMIN_TOKEN.to_string());
+    let client = Client::new(addrs, token).with_timeout(Duration::from_secs(10));
+    match pki {
+        Some(p) => {
+            let files = drover_tls::ClientFiles {
+                ca_file: Some(p.ca.clone()),
+                identity: None,
+            };
+            client.with_tls(drover_tls::connector(&files).expect("the test CA"))
+        }
+        None => client,
     }
 }
 
@@ -867,6 +982,13 @@ impl Cluster {
             fake_gpus: 0,
             tokens: false,
             tls: false,
+            master_ip: None,
+            master_env: Vec::new(),
+            max_down_per_second: 1,
+            max_requests: None,
+            max_pending_tasks: None,
+            agent_netns: BTreeMap::new(),
+            agent_extra: BTreeMap::new(),
         }
     }
 
@@ -905,6 +1027,47 @@ impl Cluster {
     /// `kill -9` master `i`.
     pub fn kill_master(&mut self, i: usize) {
         self.masters[i].kill();
+    }
+
+    /// `kill -9` master `i` and start it again on its data dir and config.
+    /// Its port is new: the client is pointed at it, the agents are not.
+    pub fn restart_master(&mut self, i: usize) {
+        self.masters[i].kill();
+        let (dir, env) = (self.masters[i].dir.clone(), self.masters[i].env.clone());
+        self.masters[i] = MasterProc::spawn(&dir, &env);
+        let addrs: Vec<String> = self.masters.iter().map(|m| m.addr().to_string()).collect();
+        self.client = make_client(addrs, self.join_token.is_some(), self.pki.as_ref());
+    }
+
+    /// The value of one sample on the leader's `/metrics`, such as
+    /// `drover_http_throttled_total{reason="api"}`; 0 when absent (a
+    /// labelled counter appears at its first increment).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let reply = self
+            .client
+            .raw("GET", "/metrics", None)
+            .await
+            .expect("reading /metrics");
+        String::from_utf8_lossy(&reply.body)
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// SIGSTOP agent `i`: it falls silent at once, as a hung or cut-off
+    /// machine does; its tasks run on.
+    pub fn pause_agent(&self, i: usize) {
+        let pid = self.agents[i].pid().expect("the agent is running");
+        kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).expect("SIGSTOP to the agent");
+    }
+
+    /// SIGCONT agent `i` after [`Cluster::pause_agent`].
+    pub fn resume_agent(&self, i: usize) {
+        let pid = self.agents[i].pid().expect("the agent is running");
+        kill(Pid::from_raw(pid as i32), Signal::SIGCONT).expect("SIGCONT to the agent");
     }
 
     /// Which master leads (its `/readyz` answers 200), waiting up to

@@ -208,6 +208,10 @@ pub struct SchedulerConfig {
     /// no `kill_timeout`.
     #[serde(deserialize_with = "duration")]
     pub kill_grace: Duration,
+    /// Tasks that may wait to be placed; a submission that would pass it
+    /// is answered 429 with `Retry-After`, so the backlog, and the memory
+    /// it holds, stays bounded.
+    pub max_pending_tasks: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -216,6 +220,7 @@ impl Default for SchedulerConfig {
             default_policy: PolicyKind::LeastLoaded,
             pass_interval: Duration::from_secs(1),
             kill_grace: Duration::from_secs(5),
+            max_pending_tasks: 2_000_000,
         }
     }
 }
@@ -256,6 +261,12 @@ pub struct ApiConfig {
     /// Longest an agent's assignment long poll is held open.
     #[serde(deserialize_with = "duration")]
     pub poll_timeout: Duration,
+    /// REST calls (users' tokens) served at once; more are answered 429
+    /// with `Retry-After` before their bodies are read.
+    pub max_requests: usize,
+    /// Agent protocol calls served at once, held polls included (one per
+    /// node); more are answered 429 with `Retry-After`.
+    pub max_agent_requests: usize,
 }
 
 impl Default for ApiConfig {
@@ -263,6 +274,8 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body: Memory(1 << 20),
             poll_timeout: Duration::from_secs(30),
+            max_requests: 512,
+            max_agent_requests: 16_384,
         }
     }
 }
@@ -383,6 +396,12 @@ impl MasterConfig {
             p.push(Problem::new(
                 "scheduler.pass_interval",
                 "must be greater than 0",
+            ));
+        }
+        if self.scheduler.max_pending_tasks == 0 {
+            p.push(Problem::new(
+                "scheduler.max_pending_tasks",
+                "must be at least 1",
             ));
         }
         if self.scheduler.kill_grace > drover_api::spec::MAX_KILL_TIMEOUT {
@@ -596,6 +615,14 @@ impl ApiConfig {
         }
         if self.poll_timeout.is_zero() {
             p.push(Problem::new("api.poll_timeout", "must be greater than 0"));
+        }
+        for (value, path) in [
+            (self.max_requests, "api.max_requests"),
+            (self.max_agent_requests, "api.max_agent_requests"),
+        ] {
+            if value == 0 {
+                p.push(Problem::new(path, "must be at least 1"));
+            }
         }
     }
 }
@@ -832,6 +859,9 @@ mod tests {
             "max_down_per_second:",
             "max_body:",
             "poll_timeout:",
+            "max_requests:",
+            "max_agent_requests:",
+            "max_pending_tasks:",
             "tokens:",
             "level:",
             "format:",
@@ -862,9 +892,9 @@ store:
     ca_file: /etc/drover/ca.pem
     cert_file: /etc/drover/client.pem
     key_file: /etc/drover/client.key
-scheduler: { default_policy: elastic-sharding, pass_interval: 250ms, kill_grace: 30s }
+scheduler: { default_policy: elastic-sharding, pass_interval: 250ms, kill_grace: 30s, max_pending_tasks: 5000 }
 liveness: { heartbeat_interval: 2s, node_timeout: 1m, suspect_after_missed: 5, max_down_per_second: 20 }
-api: { max_body: 4Mi, poll_timeout: 1m 30s }
+api: { max_body: 4Mi, poll_timeout: 1m 30s, max_requests: 64, max_agent_requests: 2048 }
 auth:
   tokens:
     - { name: ci, role: submitter, token: "aaaaaaaaaaaaaaaa-ci" }
@@ -900,6 +930,7 @@ log: { level: "info,drover_master::store=debug", format: json }
                 default_policy: PolicyKind::ElasticSharding,
                 pass_interval: Duration::from_millis(250),
                 kill_grace: Duration::from_secs(30),
+                max_pending_tasks: 5000,
             },
             liveness: LivenessConfig {
                 heartbeat_interval: Duration::from_secs(2),
@@ -910,6 +941,8 @@ log: { level: "info,drover_master::store=debug", format: json }
             api: ApiConfig {
                 max_body: Memory(4 << 20),
                 poll_timeout: Duration::from_secs(90),
+                max_requests: 64,
+                max_agent_requests: 2048,
             },
             auth: AuthConfig {
                 tokens: vec![

@@ -59,7 +59,7 @@ pub async fn run(
     let front = Front::new(
         role_rx,
         metrics.clone(),
-        candidate.settings.max_body_bytes,
+        crate::role::Limits::of(&candidate.settings),
         candidate.advertise.clone(),
     );
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();

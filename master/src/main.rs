@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    raise_fd_limit();
     let tokens = config.resolve_tokens()?;
     let auth = Arc::new(Auth::new(tokens));
     let tls = match &config.tls {
@@ -153,6 +154,21 @@ async fn main() -> anyhow::Result<()> {
 
 /// `drover-master check-store`: opens the configured store, reads it all as
 /// a starting master would, and reports; writes nothing.
+/// Every agent holds a connection (its long poll) and every client call
+/// takes one: the soft open-file limit (often 1024) would cap a cluster far
+/// below `api.max_agent_requests`. The hard limit is what the operator set.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 async fn check_store(config: &MasterConfig) -> anyhow::Result<()> {
     let (store, place): (Arc<dyn drover_master::store::Store>, String) = match config.store.backend
     {

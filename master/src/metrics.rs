@@ -31,6 +31,12 @@ pub struct Metrics {
     /// assigned to another node).
     pub rejected_updates: IntCounterVec,
     pub node_failures: IntCounter,
+    /// Requests refused with 429, by why (api, agent: too many at once;
+    /// backlog: the pending queue is full).
+    pub http_throttled: IntCounterVec,
+    /// Silent nodes not yet marked down because too many went silent at
+    /// once (DESIGN §8).
+    pub nodes_down_deferred: IntGauge,
     pub http_requests: CounterVec,
     pub http_duration: HistogramVec,
     pub store_op_duration: HistogramVec,
@@ -192,6 +198,16 @@ impl Metrics {
                 &["reason"],
             ),
             node_failures,
+            http_throttled: counter_vec(
+                &r,
+                "drover_http_throttled_total",
+                "Requests answered 429 with Retry-After, by reason (api, agent: too many calls at once; backlog: the pending queue is full)",
+                &["reason"],
+            ),
+            nodes_down_deferred: register(&r, IntGauge::new(
+                "drover_nodes_down_deferred",
+                "Silent nodes past node_timeout not yet marked down, because more than half of the nodes went silent at once and down-marking is rate-limited",
+            ).expect("static")),
             http_requests,
             http_duration: histogram_vec(
                 &r,

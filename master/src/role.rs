@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::core::Master;
+use crate::core::{Master, Settings};
 use crate::metrics::Metrics;
 
 /// This process's part in the cluster.
@@ -36,6 +36,35 @@ pub struct Front {
     /// The address this master advertises (what `/v1/status/leader` shows
     /// when it leads).
     pub advertise: Arc<String>,
+    /// Calls served at once, users' and agents' apart, so that a flood of
+    /// one never starves the other: heartbeats keep nodes alive.
+    api_slots: Arc<Semaphore>,
+    agent_slots: Arc<Semaphore>,
+}
+
+/// What a front admits: body size and calls at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_requests: usize,
+    pub max_agent_requests: usize,
+}
+
+impl Limits {
+    pub fn of(s: &Settings) -> Limits {
+        Limits {
+            max_body_bytes: s.max_body_bytes,
+            max_requests: s.max_requests,
+            max_agent_requests: s.max_agent_requests,
+        }
+    }
+}
+
+/// Whose calls a slot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    User,
+    Agent,
 }
 
 impl Front {
@@ -43,24 +72,36 @@ impl Front {
     pub fn new(
         role: watch::Receiver<Serving>,
         metrics: Metrics,
-        max_body_bytes: u64,
+        limits: Limits,
         advertise: String,
     ) -> Front {
         Front {
             role,
             metrics: Arc::new(metrics),
-            max_body_bytes,
+            max_body_bytes: limits.max_body_bytes,
             advertise: Arc::new(advertise),
+            api_slots: Arc::new(Semaphore::new(limits.max_requests)),
+            agent_slots: Arc::new(Semaphore::new(limits.max_agent_requests)),
         }
+    }
+
+    /// A slot for one call, held until it is answered; `None` when all
+    /// are taken, and the call is to be refused rather than queued.
+    pub fn admit(&self, caller: Caller) -> Option<OwnedSemaphorePermit> {
+        let slots = match caller {
+            Caller::User => &self.api_slots,
+            Caller::Agent => &self.agent_slots,
+        };
+        Arc::clone(slots).try_acquire_owned().ok()
     }
 
     /// A front that always leads with `master` (the embedded store, tests).
     pub fn leader(master: Arc<Master>, advertise: String) -> Front {
         let metrics = master.metrics.clone();
-        let limit = master.settings.max_body_bytes;
+        let limits = Limits::of(&master.settings);
         // A receiver keeps the last value after its sender is gone.
         let (_, role) = watch::channel(Serving::Leader(master));
-        Front::new(role, metrics, limit, advertise)
+        Front::new(role, metrics, limits, advertise)
     }
 
     /// The role right now.

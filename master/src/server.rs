@@ -28,6 +28,9 @@ impl Settings {
             kill_timeout: c.scheduler.kill_grace,
             poll_timeout: c.api.poll_timeout,
             max_body_bytes: c.api.max_body.bytes(),
+            max_requests: c.api.max_requests,
+            max_agent_requests: c.api.max_agent_requests,
+            max_pending_tasks: c.scheduler.max_pending_tasks,
             compact_after_deletes: c.store.compact_after_deletes,
             // Made from files by the caller (see `MasterConfig::tls`).
             agent_tls: None,

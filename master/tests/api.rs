@@ -27,7 +27,7 @@ use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
 use drover_master::http::{front_routes, routes};
 use drover_master::metrics::Metrics;
-use drover_master::role::{Front, Serving};
+use drover_master::role::{Front, Limits, Serving};
 use drover_master::store::{Batch, EmbeddedStore, Snapshot, Store, StoreError};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -2028,6 +2028,36 @@ async fn a_spec_of_an_unsupported_content_type_is_415() {
 }
 
 #[tokio::test]
+async fn a_submission_past_the_pending_limit_is_429_with_retry_after_and_changes_nothing() {
+    let h = Harness::with_settings(Settings {
+        max_pending_tasks: 3,
+        ..Settings::default()
+    })
+    .await;
+    h.submit(&spec("first", 2)).await.expect(201);
+    let r = h.submit(&spec("second", 2)).await;
+    assert_eq!(r.header("retry-after"), Some("5"));
+    let e = r.expect_error(429, "backlog_full");
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("scheduler.max_pending_tasks"),
+        "{message}"
+    );
+    h.get("/v1/jobs/second")
+        .await
+        .expect_error(404, "not_found");
+    // What adds no task still goes through: the same spec again, and a job
+    // that fits in what is left.
+    h.submit(&spec("first", 2)).await.expect(200);
+    h.submit(&spec("third", 1)).await.expect(201);
+    let c = h.get("/v1/cluster").await.expect(200);
+    assert_eq!(c["queue_depth"], 3, "{c}");
+    h.submit(&spec("fourth", 1))
+        .await
+        .expect_error(429, "backlog_full");
+}
+
+#[tokio::test]
 async fn a_submission_the_store_cannot_commit_is_503_with_retry_after_and_changes_nothing() {
     let h = Harness::new().await;
     h.store_failing.store(true, Ordering::SeqCst);
@@ -2410,7 +2440,12 @@ fn dechunk(mut rest: &str) -> String {
 async fn a_real_server_takes_1000_concurrent_submissions_in_fewer_commits_and_persists_every_one() {
     const JOBS: usize = 1000;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let master = open_master(dir.path(), Settings::default(), Arc::default()).await;
+    // Room for all at once: this is about commits, not admission.
+    let settings = Settings {
+        max_requests: JOBS,
+        ..Settings::default()
+    };
+    let master = open_master(dir.path(), settings, Arc::default()).await;
     // A burst of 1000 connects needs the deep accept queue the binary uses.
     let listener =
         drover_master::server::bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
@@ -2671,6 +2706,8 @@ async fn the_served_document_is_the_checked_in_one() {
 struct Reach {
     h: Harness,
     follower: BoxedFilter<(Response,)>,
+    /// The same master, admitting no call at once.
+    full: BoxedFilter<(Response,)>,
     /// n1's credential, for the agent routes.
     n1: String,
 }
@@ -2710,9 +2747,27 @@ impl Reach {
         }
         h.schedule().await;
         let (_, serving) = watch::channel(Serving::Follower { leader: None });
-        let front = Front::new(serving, Metrics::new(), 1 << 20, LEADER.to_string());
+        let limits = Limits {
+            max_body_bytes: 1 << 20,
+            max_requests: 512,
+            max_agent_requests: 512,
+        };
+        let front = Front::new(serving, Metrics::new(), limits, LEADER.to_string());
         let follower = front_routes(front, Arc::clone(&h.auth)).boxed();
-        Reach { h, follower, n1 }
+        let (_, serving) = watch::channel(Serving::Leader(Arc::clone(&h.master)));
+        let no_room = Limits {
+            max_requests: 0,
+            max_agent_requests: 0,
+            ..limits
+        };
+        let front = Front::new(serving, Metrics::new(), no_room, LEADER.to_string());
+        let full = front_routes(front, Arc::clone(&h.auth)).boxed();
+        Reach {
+            h,
+            follower,
+            full,
+            n1,
+        }
     }
 
     /// The request that should earn `status` from `route`.
@@ -2830,6 +2885,8 @@ async fn every_documented_status_of_every_route_is_answered() {
             let (req, on_follower) = reach.request(route, status);
             let r = if on_follower {
                 Resp::from(req.reply(&reach.follower).await)
+            } else if status == 429 {
+                Resp::from(req.reply(&reach.full).await)
             } else {
                 reach.h.send(req).await
             };

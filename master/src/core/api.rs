@@ -41,8 +41,26 @@ impl Master {
         let now_ms = self.clock.wall_ms();
         let id = spec.name.clone();
         let mut cluster = self.lock().await;
-        if let Some(job) = cluster.jobs.get(&id) {
-            may_change(who, job)?;
+        let had = match cluster.jobs.get(&id) {
+            Some(job) => {
+                may_change(who, job)?;
+                job.spec.task_count()
+            }
+            None => 0,
+        };
+        let adding = spec.task_count().saturating_sub(had) as usize;
+        let limit = self.settings.max_pending_tasks;
+        let pending = cluster.pending.len();
+        if adding > 0 && pending.saturating_add(adding) > limit {
+            self.metrics
+                .http_throttled
+                .with_label_values(&["backlog"])
+                .inc();
+            return Err(CommitError::Backlog {
+                pending,
+                adding,
+                limit,
+            });
         }
         let (outcome, changes) = {
             let mut txn = Txn::new(&cluster);

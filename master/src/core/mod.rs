@@ -51,6 +51,12 @@ pub struct Settings {
     /// Grace between SIGTERM and SIGKILL, told to agents.
     pub kill_timeout: Duration,
     pub max_body_bytes: u64,
+    /// Users' REST calls served at once (`api.max_requests`).
+    pub max_requests: usize,
+    /// Agent protocol calls served at once (`api.max_agent_requests`).
+    pub max_agent_requests: usize,
+    /// Tasks that may wait to be placed (`scheduler.max_pending_tasks`).
+    pub max_pending_tasks: usize,
     /// Compact the store after this many deleted keys; 0: never.
     pub compact_after_deletes: u64,
     /// TLS to agents' log servers that serve it (`tls.agent_ca_file`).
@@ -69,6 +75,9 @@ impl Default for Settings {
             poll_timeout: Duration::from_secs(30),
             kill_timeout: Duration::from_secs(5),
             max_body_bytes: 1 << 20,
+            max_requests: 512,
+            max_agent_requests: 16_384,
+            max_pending_tasks: 2_000_000,
             compact_after_deletes: 10_000,
             agent_tls: None,
         }
@@ -89,6 +98,13 @@ pub enum CommitError {
     /// The caller may not do this, whoever it is (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The pending queue is full: nothing was done; try again later (429).
+    #[error("{pending} tasks are waiting to be placed and this job's {adding} would pass the limit of {limit} (scheduler.max_pending_tasks); try again later")]
+    Backlog {
+        pending: usize,
+        adding: usize,
+        limit: usize,
+    },
 }
 
 #[derive(Debug)]

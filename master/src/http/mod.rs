@@ -26,7 +26,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::auth::{Auth, AuthError, Principal, Role};
 use crate::core::{CommitError, Master};
-use crate::role::{Front, Serving};
+use crate::role::{Caller, Front, Serving};
 
 mod agent;
 mod jobs;
@@ -104,6 +104,14 @@ impl ApiError {
         e
     }
 
+    /// 429: too much at once; nothing was done, and the same request
+    /// may succeed after `Retry-After`.
+    fn overloaded(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     fn auth(err: AuthError) -> Self {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::UNAUTHORIZED);
         let mut e = ApiError::new(status, err.code(), err.to_string());
@@ -146,6 +154,9 @@ impl From<CommitError> for ApiError {
             }
             CommitError::Forbidden(msg) => {
                 return ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg)
+            }
+            CommitError::Backlog { .. } => {
+                return ApiError::overloaded("backlog_full", e.to_string(), 5)
             }
             CommitError::Store(_) => {}
         }
@@ -392,6 +403,36 @@ fn route_filter(
             })
             .boxed()
     };
+    // Before the body is read: a refused call costs its headers only.
+    let slot = match route.access {
+        Access::Open => warp::any().map(|| None).boxed(),
+        Access::Token(role) => {
+            let (caller, reason) = if role == Role::Agent {
+                (Caller::Agent, "agent")
+            } else {
+                (Caller::User, "api")
+            };
+            let front = front.clone();
+            warp::any()
+                .and_then(move || {
+                    let slot = front.admit(caller).map(Some).ok_or_else(|| {
+                        front
+                            .metrics
+                            .http_throttled
+                            .with_label_values(&[reason])
+                            .inc();
+                        warp::reject::custom(ApiError::overloaded(
+                            "overloaded",
+                            "the master is serving as many calls as it is allowed \
+                             (api.max_requests, api.max_agent_requests); try again after Retry-After",
+                            1,
+                        ))
+                    });
+                    async move { slot }
+                })
+                .boxed()
+        }
+    };
     let query = warp::query::raw()
         .or(warp::any().map(String::new))
         .unify()
@@ -406,11 +447,18 @@ fn route_filter(
     path.and(method)
         .and(token)
         .and(master)
+        .and(slot)
         .and(query)
         .and(warp::header::optional::<String>("content-type"))
         .and(body)
         .then(
-            move |params: Vec<String>, principal: Principal, master, query, content_type, body| {
+            move |params: Vec<String>,
+                  principal: Principal,
+                  master,
+                  slot: Option<tokio::sync::OwnedSemaphorePermit>,
+                  query,
+                  content_type,
+                  body| {
                 let who = principal.name();
                 let target = fill(route.path, &params);
                 let call = Call {
@@ -424,6 +472,7 @@ fn route_filter(
                 };
                 async move {
                     let answer = dispatch(route.id, call).await;
+                    drop(slot);
                     if audited(route) {
                         let status = match &answer {
                             Ok(r) => r.status(),
