@@ -171,10 +171,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Agent {
     pub fn new(
         settings: AgentSettings,
-        executor: Executor,
+        mut executor: Executor,
         probe: Probe,
         metrics: AgentMetrics,
     ) -> Arc<Agent> {
+        executor.set_metrics(metrics.clone());
         // Once the node has its credential, the join token is not used again.
         let token = stored_credential(&settings.data_dir).or_else(|| settings.token.clone());
         let mut client = MasterClient::new(settings.masters.clone(), token);
@@ -253,6 +254,7 @@ impl Agent {
                     self.contact();
                     if let Err(e) = store_node_id(&self.settings.data_dir, &resp.node_id) {
                         tracing::warn!(error = %e, "could not keep the node id in the data dir");
+                        self.metrics.count_disk_write_errors("state", 1);
                     }
                     self.settings.log_key.set(resp.log_key);
                     if let Some(credential) = resp.credential {
@@ -261,7 +263,8 @@ impl Agent {
                                 tracing::info!(node = %resp.node_id, "joined: node credential kept in the data dir")
                             }
                             Err(e) => {
-                                tracing::error!(error = %e, "could not keep the node credential in the data dir; the next start cannot rejoin as this node")
+                                tracing::error!(error = %e, "could not keep the node credential in the data dir; the next start cannot rejoin as this node");
+                                self.metrics.count_disk_write_errors("state", 1);
                             }
                         }
                         self.client.set_token(Some(credential));
@@ -374,9 +377,8 @@ impl Agent {
                 .into_iter()
                 .map(|s| (s.alloc().clone(), executor.finish(s)))
                 .collect();
-            if let Err(e) = executor.flush() {
-                tracing::error!(error = %e, "cannot save the executor state");
-            }
+            // A failed save is logged, counted and retried by the executor.
+            executor.flush();
             results
         };
         let failed = refused.into_iter().map(|(alloc, e)| (alloc, Err(e)));
@@ -432,6 +434,11 @@ impl Agent {
                 AllocState::Failed
             };
             tracing::info!(alloc = %e.alloc, ?state, exit_code = ?e.exit_code, signal = ?e.signal, "task ended");
+            if e.log_cuts > 0 {
+                tracing::warn!(alloc = %e.alloc, cuts = e.log_cuts, "the task's output was cut: its log could not be written (is the data dir's disk full?)");
+                self.metrics
+                    .count_disk_write_errors("log", u64::from(e.log_cuts));
+            }
             self.metrics.remove_alloc(&e.alloc);
             self.push(e.alloc, state, e.exit_code, e.signal, Some(e.message));
         }

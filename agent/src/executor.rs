@@ -17,6 +17,14 @@
 //!   it has passed.
 //! - [`Executor::poll`] returns each finished alloc once, across restarts.
 //!
+//! A full disk under the data dir stops none of this: `state.json` is an
+//! index that the alloc dirs can rebuild (see [`crate::local_state`]), so a
+//! save that fails leaves the records in memory authoritative, is logged
+//! once (and once more when a save works again), counted in
+//! `drover_agent_disk_write_errors_total{what="state"}`, and retried by
+//! `poll` at most every [`SAVE_RETRY`]. The shims record exits in room they
+//! took before their tasks started, and cut a log rather than stop its task.
+//!
 //! Under systemd the agent's unit needs `KillMode=process`, or stopping the
 //! agent kills the shims and their tasks with it.
 
@@ -41,7 +49,11 @@ use crate::local_state::{
     LoadOutcome, LocalState, ShimIdentity, StateError, ALLOCS_DIR, EXIT_FILE, REPORTED_FILE,
     SHIM_LOG, WORK_DIR,
 };
+use crate::metrics::AgentMetrics;
 use crate::shim::{self, CgroupPlan, ShimPlan, TaskIds, SHIM_ARG};
+
+/// How often a failed save of `state.json` is retried.
+pub const SAVE_RETRY: Duration = Duration::from_secs(1);
 
 /// Default cgroup mount point.
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -148,6 +160,9 @@ pub struct Exited {
     pub signal: Option<i32>,
     /// The cgroup's OOM killer killed one of its processes.
     pub oom_killed: bool,
+    /// How many times its output was cut because its log could not be
+    /// written (a full disk).
+    pub log_cuts: u32,
     pub finished_at_unix_ms: u64,
     /// For people: "exited with status 3", "killed by SIGKILL (out of memory…)".
     pub message: String,
@@ -259,8 +274,13 @@ pub struct Executor {
     /// `finished.jsonl` as in memory, oldest first, and its ids.
     finished: Vec<Finished>,
     finished_ids: BTreeSet<AllocId>,
-    /// Launched since `state.json` was last saved.
+    /// Changed since `state.json` was last saved.
     dirty: bool,
+    /// The last save failed: when the last attempt was.
+    save_failed_at: Option<Instant>,
+    /// Failed writes of the executor's own files, before `metrics` was set.
+    write_errors: u64,
+    metrics: Option<AgentMetrics>,
     /// Prepared and not yet finished: being started outside the executor.
     starting: BTreeSet<AllocId>,
 }
@@ -281,6 +301,22 @@ impl Executor {
             tracing::warn!(%reason, "executor state rebuilt from the alloc directories");
         }
         let data_dir = cfg.data_dir.clone();
+        let finished = read_finished(&cfg.data_dir);
+        let finished_ids: BTreeSet<AllocId> = finished.iter().map(|f| f.alloc.clone()).collect();
+        // Acknowledged after the state file was last saved (the save failed
+        // on a full disk, or the agent died first): the master has these
+        // exits, and the marks in the data dir say so.
+        let acked: Vec<AllocId> = state
+            .records()
+            .filter(|r| {
+                finished_ids.contains(&r.alloc)
+                    || alloc_dir(&data_dir, &r.alloc).join(REPORTED_FILE).exists()
+            })
+            .map(|r| r.alloc.clone())
+            .collect();
+        for alloc in &acked {
+            state.remove(alloc);
+        }
         for rec in state.records_mut() {
             if rec.status != AllocStatus::Running {
                 continue;
@@ -317,10 +353,7 @@ impl Executor {
                 }
             }
         }
-        state.save()?;
-        let finished = read_finished(&cfg.data_dir);
-        let finished_ids = finished.iter().map(|f| f.alloc.clone()).collect();
-        Ok(Executor {
+        let mut executor = Executor {
             cfg,
             ids,
             limits,
@@ -331,8 +364,69 @@ impl Executor {
             finished,
             finished_ids,
             dirty: false,
+            save_failed_at: None,
+            write_errors: 0,
+            metrics: None,
             starting: BTreeSet::new(),
-        })
+        };
+        // An agent restarted on a full disk still re-attaches to its tasks.
+        executor.save();
+        Ok(executor)
+    }
+
+    /// Where failed writes of the executor's own files are counted
+    /// (`drover_agent_disk_write_errors_total{what="state"}`), those before
+    /// this call included.
+    pub fn set_metrics(&mut self, metrics: AgentMetrics) {
+        metrics.count_disk_write_errors("state", std::mem::take(&mut self.write_errors));
+        self.metrics = Some(metrics);
+    }
+
+    fn count_write_error(&mut self) {
+        match &self.metrics {
+            Some(m) => m.count_disk_write_errors("state", 1),
+            None => self.write_errors += 1,
+        }
+    }
+
+    /// Whether `state.json` holds every change made so far.
+    pub fn is_saved(&self) -> bool {
+        !self.dirty
+    }
+
+    /// Saves `state.json` now. A failure is not an error of the operation
+    /// that changed the state: the records in memory stay authoritative and
+    /// the save is retried (by `flush` and `poll`). Logged when saving
+    /// starts failing and when it works again, not at each attempt.
+    fn save(&mut self) {
+        self.dirty = true;
+        match self.state.save() {
+            Ok(()) => {
+                self.dirty = false;
+                if self.save_failed_at.take().is_some() {
+                    tracing::info!("executor state saved again");
+                }
+            }
+            Err(e) => {
+                self.count_write_error();
+                if self.save_failed_at.is_none() {
+                    tracing::warn!(error = %e, retry = ?SAVE_RETRY, "cannot save the executor state; keeping it in memory and retrying (tasks keep running, exits are still reported)");
+                }
+                self.save_failed_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Saves `state.json` if it has changed, unless a save failed less
+    /// than [`SAVE_RETRY`] ago.
+    fn retry_save(&mut self) {
+        if self.dirty
+            && self
+                .save_failed_at
+                .is_none_or(|t| t.elapsed() >= SAVE_RETRY)
+        {
+            self.save();
+        }
     }
 
     /// The resource limits this node enforces.
@@ -436,7 +530,7 @@ impl Executor {
                 let rec = record_from_dir(&prepared.dir, alloc);
                 let launch = self.existing(&rec);
                 self.state.insert(rec);
-                self.state.save()?;
+                self.save();
                 Ok(launch)
             }
             Outcome::Unclaimed(err) => Err(err),
@@ -449,20 +543,18 @@ impl Executor {
                     },
                     reported: false,
                 });
-                self.state.save()?;
+                self.save();
                 Err(err)
             }
         }
     }
 
-    /// Saves `state.json` if something was launched since it was last
-    /// saved: once after a batch of launches.
-    pub fn flush(&mut self) -> Result<(), ExecError> {
-        if self.dirty {
-            self.state.save()?;
-            self.dirty = false;
-        }
-        Ok(())
+    /// Saves `state.json` if something changed since it was last saved:
+    /// once after a batch of launches. A save that fails is logged and
+    /// retried later (see the module doc); [`Executor::is_saved`] says
+    /// whether it is done.
+    pub fn flush(&mut self) {
+        self.retry_save();
     }
 
     fn existing(&self, rec: &AllocRecord) -> Launch {
@@ -546,7 +638,7 @@ impl Executor {
             },
             reported: false,
         });
-        self.state.save()?;
+        self.save();
         Ok(true)
     }
 
@@ -586,6 +678,8 @@ impl Executor {
         for rec in self.state.records_mut() {
             if let (AllocStatus::Running, Some(shim)) = (&rec.status, rec.shim) {
                 let live = self.live.get_mut(&rec.alloc);
+                // How the shim ended, when it was this process's child.
+                let mut shim_status = None;
                 let alive = match live {
                     Some(live) => {
                         if live.kill_at.is_some_and(|t| t <= now) && !live.killed {
@@ -597,8 +691,9 @@ impl Executor {
                             .map(|pid| waitpid(pid, Some(WaitPidFlag::WNOHANG)))
                         {
                             Some(Ok(WaitStatus::StillAlive)) => true,
-                            Some(Ok(_)) => {
+                            Some(Ok(status)) => {
                                 live.child = None;
+                                shim_status = Some(status);
                                 false
                             }
                             Some(Err(_)) | None => shim_alive(&shim),
@@ -619,7 +714,15 @@ impl Executor {
                     Some(exit) => rec.status = AllocStatus::Exited { exit },
                     None => {
                         let log = fs::read_to_string(dir.join(SHIM_LOG)).unwrap_or_default();
-                        let mut msg = String::from("the shim died without recording the exit");
+                        let mut msg = match shim_status {
+                            Some(WaitStatus::Exited(_, shim::EXIT_NO_ROOM)) => String::from(
+                                "not started: no room on the data dir's disk to record its exit",
+                            ),
+                            Some(WaitStatus::Exited(_, shim::EXIT_SOFTWARE)) => String::from(
+                                "the shim could not record the exit (is the data dir's disk full?)",
+                            ),
+                            _ => String::from("the shim died without recording the exit"),
+                        };
                         if !log.trim().is_empty() {
                             msg.push_str(": ");
                             msg.push_str(log.trim());
@@ -642,6 +745,9 @@ impl Executor {
         // and a restarted agent reads it for every record still "running".
         for alloc in orphaned_cgroups {
             self.remove_cgroups(&alloc);
+        }
+        if self.save_failed_at.is_some() {
+            self.retry_save();
         }
         out
     }
@@ -670,32 +776,43 @@ impl Executor {
             return;
         }
         let mut compacted = Vec::new();
-        for (alloc, exit) in done {
-            let dir = alloc_dir(&self.cfg.data_dir, &alloc);
+        let mut unmarked = 0;
+        for (alloc, exit) in &done {
+            let dir = alloc_dir(&self.cfg.data_dir, alloc);
             if holds_only_its_exit(&dir) {
                 compacted.push(Finished {
                     alloc: alloc.clone(),
-                    exit,
+                    exit: exit.clone(),
                 });
-            } else if let Err(e) = fs::rename(dir.join(EXIT_FILE), dir.join(REPORTED_FILE)) {
-                // No exit.json: the exit was recorded by the executor (a
-                // launch that failed, a stop before the start).
-                if e.kind() != io::ErrorKind::NotFound
-                    || write_json(&dir.join(REPORTED_FILE), &exit).is_err()
-                {
-                    tracing::warn!(alloc = %alloc, error = %e, "cannot mark an exit reported");
-                }
+            } else if !mark_reported(&dir, alloc, exit) {
+                unmarked += 1;
             }
-            self.surfaced.remove(&alloc);
-            self.live.remove(&alloc);
-            self.state.remove(&alloc);
         }
         // The lines first: a crash in between leaves a directory and a
-        // line, both saying the same.
+        // line, both saying the same. Without the lines (a full disk) the
+        // directories stay, marked as the others are: they alone keep
+        // these allocs from ever running again.
         if !compacted.is_empty() {
             if let Err(e) = append_finished(&self.cfg.data_dir, &compacted) {
-                tracing::warn!(error = %e, "cannot append to the finished allocs");
+                tracing::warn!(error = %e, "cannot append to the finished allocs; keeping their directories");
+                self.count_write_error();
+                for f in compacted.drain(..) {
+                    let dir = alloc_dir(&self.cfg.data_dir, &f.alloc);
+                    if !mark_reported(&dir, &f.alloc, &f.exit) {
+                        unmarked += 1;
+                    }
+                }
             }
+        }
+        for _ in 0..unmarked {
+            self.count_write_error();
+        }
+        for (alloc, _) in &done {
+            self.surfaced.remove(alloc);
+            self.live.remove(alloc);
+            self.state.remove(alloc);
+        }
+        if !compacted.is_empty() {
             for f in &compacted {
                 let dir = alloc_dir(&self.cfg.data_dir, &f.alloc);
                 let _ = fs::remove_file(dir.join(EXIT_FILE));
@@ -710,10 +827,7 @@ impl Executor {
             self.finished.extend(compacted);
             self.trim_finished();
         }
-        self.dirty = false;
-        if let Err(e) = self.state.save() {
-            tracing::error!(error = %e, "cannot save the executor state");
-        }
+        self.save();
     }
 
     /// Keeps the newest `max_finished` lines, rewriting the file once it
@@ -729,6 +843,7 @@ impl Executor {
         }
         if let Err(e) = rewrite_finished(&self.cfg.data_dir, &self.finished) {
             tracing::warn!(error = %e, "cannot rewrite the finished allocs");
+            self.count_write_error();
         }
     }
 
@@ -769,7 +884,7 @@ impl Executor {
         }
         self.state.remove(alloc);
         self.live.remove(alloc);
-        self.state.save()?;
+        self.save();
         Ok(())
     }
 }
@@ -797,6 +912,7 @@ fn exited(alloc: &AllocId, exit: &ExitRecord) -> Exited {
         exit_code: exit.exit_code,
         signal: exit.signal,
         oom_killed: exit.oom_killed,
+        log_cuts: exit.log_cuts,
         finished_at_unix_ms: exit.finished_at_unix_ms,
         message,
     }
@@ -1023,6 +1139,29 @@ fn signal_shim(shim: &ShimIdentity, sig: Signal) {
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(io::Error::from)?;
     write_atomic(path, &bytes)
+}
+
+/// Renames the alloc's `exit.json` to `reported.json` (which takes no room
+/// on the disk), or writes `reported.json` when the executor recorded the
+/// exit itself (a launch that failed, a stop before the start). False,
+/// logged, when neither worked.
+fn mark_reported(dir: &Path, alloc: &AllocId, exit: &ExitRecord) -> bool {
+    match fs::rename(dir.join(EXIT_FILE), dir.join(REPORTED_FILE)) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match write_json(&dir.join(REPORTED_FILE), exit) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(alloc = %alloc, error = %e, "cannot mark an exit reported");
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(alloc = %alloc, error = %e, "cannot mark an exit reported");
+            false
+        }
+    }
 }
 
 /// The alloc dir holds its `exit.json` (or nothing) and at most an empty

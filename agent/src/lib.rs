@@ -10,6 +10,7 @@ pub mod fingerprint;
 pub mod local_state;
 pub mod logs;
 pub mod metrics;
+pub mod output;
 pub mod service;
 pub mod shim;
 

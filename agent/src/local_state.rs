@@ -14,7 +14,9 @@
 //!   `stdout.log` and `stderr.log` while the task runs, `shim.log` only if
 //!   the shim had something to say, and `exit.json` once the task has ended
 //!   (written by the shim, after it removed the logs and the work dir if
-//!   they were empty). Once the master has the exit, `exit.json` is renamed
+//!   they were empty, into `exit.json.reserved`: room it took before the
+//!   task started, so that a full disk cannot keep the exit from being
+//!   recorded). Once the master has the exit, `exit.json` is renamed
 //!   `reported.json`; or, when nothing else is left in the directory, the
 //!   exit becomes one line of `finished.jsonl` and the directory goes.
 //! - `<data_dir>/finished.jsonl`: the allocs whose directories went that
@@ -55,6 +57,8 @@ pub const STATE_FILE: &str = "state.json";
 pub const ALLOCS_DIR: &str = "allocs";
 /// The task's exit; written by the shim.
 pub const EXIT_FILE: &str = "exit.json";
+/// The room the shim takes for `exit.json` before it starts the task.
+pub const EXIT_RESERVED: &str = "exit.json.reserved";
 /// `exit.json` once the master has it.
 pub const REPORTED_FILE: &str = "reported.json";
 /// Reported allocs that left nothing but their exit, under the data dir.
@@ -101,6 +105,14 @@ pub struct ExitRecord {
     /// The cgroup's OOM killer killed a process of the task.
     #[serde(default)]
     pub oom_killed: bool,
+    /// How many times the task's output was cut because its log could not
+    /// be written (see [`crate::output`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub log_cuts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl ExitRecord {
@@ -112,6 +124,7 @@ impl ExitRecord {
             finished_at_unix_ms: now_unix_ms(),
             message: Some(message.into()),
             oom_killed: false,
+            log_cuts: 0,
         }
     }
 }
@@ -403,14 +416,19 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>, StateError> {
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new
 /// content, never a mix: write `<path>.tmp`, fsync, rename, fsync the directory.
+/// A failed write removes its `.tmp`, which on a full disk would otherwise
+/// hold on to what little room there is.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
     fs::rename(&tmp, path)?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))

@@ -3,13 +3,14 @@
 //!
 //! Layout (the executor writes it; this module only reads, rotates and
 //! removes): `<data_dir>/allocs/<job>/<index>/<attempt>/` holds
-//! `stdout.log` and `stderr.log`, opened by the task with `O_APPEND` and
+//! `stdout.log` and `stderr.log`, appended to by the task's shim (with
+//! `O_APPEND`; see [`crate::output`] for a log the disk cannot take) and
 //! removed at its end if empty, and `exit.json` (later `reported.json`)
 //! once the alloc has finished. A finished alloc that left nothing has no
 //! directory, only a line in `finished.jsonl`: its logs are empty.
 //!
 //! Rotation is copytruncate: `stdout.log` is copied to `stdout.log.1` (older
-//! copies shift to `.2` … `.<keep>`) and truncated in place, so the task
+//! copies shift to `.2` … `.<keep>`) and truncated in place, so the shim
 //! keeps writing through its `O_APPEND` descriptor. Bytes written in the
 //! instant between the last copy and the truncation are lost; that is the
 //! price of not signalling the task.
@@ -204,15 +205,20 @@ fn rotate_one(alloc_dir: &Path, stream: Stream, keep: u32) -> io::Result<()> {
         // Copy into a temporary name, then rename: a reader never sees a
         // half-written `.1`.
         let tmp = alloc_dir.join(format!("{}.rotating", stream.file_name()));
-        let mut src = File::open(&path)?;
-        let mut dst = File::create(&tmp)?;
-        io::copy(&mut src, &mut dst)?;
-        // Catch up with what the task wrote during the copy, then truncate
-        // right away to keep the window for lost bytes small.
-        io::copy(&mut src, &mut dst)?;
-        OpenOptions::new().write(true).open(&path)?.set_len(0)?;
-        dst.flush()?;
-        drop(dst);
+        let copied = File::open(&path).and_then(|mut src| {
+            let mut dst = File::create(&tmp)?;
+            io::copy(&mut src, &mut dst)?;
+            // Catch up with what the task wrote during the copy, then
+            // truncate right away to keep the window for lost bytes small.
+            io::copy(&mut src, &mut dst)?;
+            OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+            dst.flush()
+        });
+        if let Err(e) = copied {
+            // A half copy (the disk is full) would only make it fuller.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, rotated_path(alloc_dir, stream, 1))?;
     } else {
         OpenOptions::new().write(true).open(&path)?.set_len(0)?;

@@ -11,7 +11,8 @@
 use drover_api::protocol::{NodeResources, NodeUsage};
 use drover_api::{AllocId, AllocState};
 use prometheus::{
-    CounterVec, Encoder, Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Debug, Clone)]
@@ -35,7 +36,14 @@ pub struct AgentMetrics {
     pub node_memory_used: Gauge,
     /// `drover_agent_node_gpus`: GPUs this node reports.
     pub node_gpus: IntGauge,
+    /// `drover_agent_disk_write_errors_total{what}`: writes under the data
+    /// dir that failed (a full disk): `log`, a task's output cut; `state`,
+    /// the agent's own records.
+    pub disk_write_errors: IntCounterVec,
 }
+
+/// The `what` values of `drover_agent_disk_write_errors_total`.
+pub const DISK_WRITE_KINDS: [&str; 2] = ["log", "state"];
 
 fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::new(name, help).expect("static metric definition");
@@ -89,6 +97,19 @@ impl AgentMetrics {
         let node_gpus = IntGauge::new("drover_agent_node_gpus", "GPUs this node reports")
             .expect("static metric definition");
         r.register(Box::new(node_gpus.clone())).expect("once");
+        let disk_write_errors = IntCounterVec::new(
+            Opts::new(
+                "drover_agent_disk_write_errors_total",
+                "Writes under the agent's data dir that failed, by what was written (log: a task's output was cut, counted when the task ends; state: the agent's own records)",
+            ),
+            &["what"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(disk_write_errors.clone()))
+            .expect("once");
+        for what in DISK_WRITE_KINDS {
+            disk_write_errors.with_label_values(&[what]);
+        }
         for state in AllocState::ALL.iter() {
             allocs.with_label_values(&[state.name()]).set(0);
         }
@@ -118,8 +139,14 @@ impl AgentMetrics {
                 "Memory in use on this node (tasks and everything else), in bytes",
             ),
             node_gpus,
+            disk_write_errors,
             registry: r,
         }
+    }
+
+    /// Counts `n` failed writes of `what` (`log` or `state`).
+    pub fn count_disk_write_errors(&self, what: &str, n: u64) {
+        self.disk_write_errors.with_label_values(&[what]).inc_by(n);
     }
 
     /// Sets the node's capacity gauges from what it reports to the master.
@@ -222,6 +249,7 @@ mod tests {
             "drover_agent_alloc_cpu_seconds_total",
             "drover_agent_alloc_memory_bytes",
             "drover_agent_gpu_utilization",
+            "drover_agent_disk_write_errors_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),
@@ -248,6 +276,20 @@ mod tests {
         assert_eq!(
             line(&text, "drover_agent_gpu_utilization{"),
             Some("drover_agent_gpu_utilization{gpu=\"0\"} 0.75")
+        );
+        assert!(text.contains("# TYPE drover_agent_disk_write_errors_total counter"));
+        // Both kinds exist from the start, at 0, so a rate() has a series.
+        assert_eq!(
+            line(&text, "drover_agent_disk_write_errors_total{what=\"log\"}"),
+            Some("drover_agent_disk_write_errors_total{what=\"log\"} 0")
+        );
+        m.count_disk_write_errors("state", 2);
+        assert_eq!(
+            line(
+                &m.render(),
+                "drover_agent_disk_write_errors_total{what=\"state\"}"
+            ),
+            Some("drover_agent_disk_write_errors_total{what=\"state\"} 2")
         );
     }
 

@@ -11,21 +11,28 @@
 //! 1. starts a session of its own (so its process group id is its pid) and
 //!    reads the [`ShimPlan`] from stdin, to its end: nothing on disk;
 //! 2. creates the alloc's cgroup(s) and writes the limits;
-//! 3. starts the task: cwd `work/`, exactly the planned environment (plus
-//!    `PATH` if absent), stdout/stderr appended to `stdout.log`/`stderr.log`,
-//!    stdin `/dev/null`, in its own process group, and — between fork and
-//!    exec — joins the cgroup, drops to the task user (supplementary groups,
-//!    gid, uid) and sets `PR_SET_NO_NEW_PRIVS`;
-//! 4. forwards `SIGTERM`/`SIGINT`/`SIGHUP` to the task's process group and
+//! 3. takes the room `exit.json` will need ([`EXIT_RESERVED`]), so that the
+//!    task's exit is recorded even if its output (or another task's) fills
+//!    the disk meanwhile; with no room for even that, the task is not
+//!    started and the shim exits [`EXIT_NO_ROOM`];
+//! 4. starts the task: cwd `work/`, exactly the planned environment (plus
+//!    `PATH` if absent), stdout/stderr on pipes that the shim copies to
+//!    `stdout.log`/`stderr.log` (see [`crate::output`]: a log that cannot
+//!    be written is cut, and the task never notices), stdin `/dev/null`,
+//!    in its own process group, and — between fork and exec — joins the
+//!    cgroup, drops to the task user (supplementary groups, gid, uid) and
+//!    sets `PR_SET_NO_NEW_PRIVS`;
+//! 5. forwards `SIGTERM`/`SIGINT`/`SIGHUP` to the task's process group and
 //!    turns `SIGUSR1` into `SIGKILL` for that group (this is how the executor
 //!    escalates after the grace period without killing the shim itself);
-//! 5. when the task's main process exits, kills what is left of its process
-//!    group and cgroup, reaps it, removes the log files and the work dir if
-//!    they are empty, and writes `exit.json` atomically.
+//! 6. when the task's main process exits, kills what is left of its process
+//!    group and cgroup, reaps it, copies what is left in the pipes, removes
+//!    the log files and the work dir if they are empty, and writes
+//!    `exit.json` atomically, into the room taken in step 3.
 //!
-//! It is one thread: signals and the task's exit (`SIGCHLD`) are taken in
-//! turn from `sigwait`. Its own diagnostics go to `shim.log`, which exists
-//! only if it had something to say.
+//! It is one thread: signals (from a signalfd), the task's exit (`SIGCHLD`)
+//! and its output are taken in turn from `poll`. Its own diagnostics go to
+//! `shim.log`, which exists only if it had something to say.
 //!
 //! A binary that acts as the shim must dispatch to [`main`] before anything
 //! else (no runtime, no logging set up) when `argv[1] == "__shim"`; see
@@ -33,8 +40,10 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,17 +51,20 @@ use std::time::Duration;
 
 use drover_api::AllocId;
 use nix::errno::Errno;
-use nix::fcntl::{open, OFlag};
+use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::local_state::{
-    now_unix_ms, proc_stat, write_atomic, ExitRecord, EXIT_FILE, SHIM_LOG, STDERR_LOG, STDOUT_LOG,
-    WORK_DIR,
+    now_unix_ms, proc_stat, sync_dir, write_atomic, ExitRecord, EXIT_FILE, EXIT_RESERVED, SHIM_LOG,
+    STDERR_LOG, STDOUT_LOG, WORK_DIR,
 };
+use crate::output::{pump, LogSink};
 
 /// `argv[1]` that makes the agent binary act as a shim.
 pub const SHIM_ARG: &str = "__shim";
@@ -64,6 +76,19 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub const EXIT_USAGE: i32 = 64;
 /// Exit status of the shim when it could not record the task's exit.
 pub const EXIT_SOFTWARE: i32 = 70;
+/// Exit status of the shim when there was no room in the alloc dir for the
+/// task's exit record: the task was not started (`EX_TEMPFAIL`).
+pub const EXIT_NO_ROOM: i32 = 75;
+/// Bytes taken for `exit.json` before the task starts: far more than an
+/// exit record takes.
+const EXIT_ROOM: usize = 4096;
+/// Largest chunk of output read from a pipe at once.
+const OUTPUT_CHUNK: usize = 64 << 10;
+/// At most this much output is copied between two looks at the signals.
+const OUTPUT_BUDGET: usize = 1 << 20;
+/// At most this much output is copied once the task has ended: a process
+/// that escaped its group and cgroup may hold the pipe and write forever.
+const OUTPUT_AFTER_EXIT: usize = 16 << 20;
 
 /// The agent was started as a shim: `argv[1] == "__shim"`.
 pub fn is_shim_invocation(args: &[OsString]) -> bool {
@@ -143,17 +168,71 @@ pub fn main(args: Vec<OsString>) -> i32 {
     if let Err(e) = std::env::set_current_dir("/") {
         note(&dir, &format!("cannot change to /: {e}"));
     }
+    // A task whose exit could not be recorded must not run: the executor
+    // would report it failed while it might have succeeded.
+    let room = match ExitRoom::take(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            note(&dir, &format!("cannot take room for {EXIT_FILE}: {e}"));
+            return EXIT_NO_ROOM;
+        }
+    };
     let exit = supervise(&dir, signals);
     tidy(&dir);
-    match serde_json::to_vec(&exit)
+    let written = serde_json::to_vec(&exit)
         .map_err(io::Error::from)
-        .and_then(|bytes| write_atomic(&dir.join(EXIT_FILE), &bytes))
-    {
+        .and_then(|bytes| {
+            room.fill(&dir, &bytes).or_else(|_| {
+                let _ = fs::remove_file(dir.join(EXIT_RESERVED));
+                write_atomic(&dir.join(EXIT_FILE), &bytes)
+            })
+        });
+    match written {
         Ok(()) => 0,
         Err(e) => {
             note(&dir, &format!("cannot write {EXIT_FILE}: {e}"));
             EXIT_SOFTWARE
         }
+    }
+}
+
+/// The room for `exit.json`, taken before the task starts: a file of
+/// [`EXIT_ROOM`] bytes, whose blocks (or tmpfs pages) are then allocated,
+/// so that overwriting them later needs none, however full the disk is.
+#[derive(Debug)]
+struct ExitRoom {
+    file: File,
+    path: PathBuf,
+}
+
+impl ExitRoom {
+    fn take(dir: &Path) -> io::Result<ExitRoom> {
+        let path = dir.join(EXIT_RESERVED);
+        let taken = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut file| {
+                file.write_all(&[b' '; EXIT_ROOM])?;
+                Ok(file)
+            });
+        match taken {
+            Ok(file) => Ok(ExitRoom { file, path }),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `bytes` into the room, durably, and renames it `exit.json`.
+    fn fill(self, dir: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(bytes, 0)?;
+        self.file.set_len(bytes.len() as u64)?;
+        self.file.sync_all()?;
+        fs::rename(&self.path, dir.join(EXIT_FILE))?;
+        sync_dir(dir)
     }
 }
 
@@ -222,19 +301,33 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
         Ok(c) => c,
         Err(e) => return ExitRecord::failed(format!("cannot set up the cgroup: {e}")),
     };
-    let open_log = |name: &str| {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(name))
-    };
-    let (stdout, stderr) = match (open_log(STDOUT_LOG), open_log(STDERR_LOG)) {
+    let (stdout, stderr) = match (
+        LogSink::open(&dir.join(STDOUT_LOG)),
+        LogSink::open(&dir.join(STDERR_LOG)),
+    ) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => {
             cgroup.cleanup();
             return ExitRecord::failed(format!("cannot open the log files: {e}"));
         }
     };
+    let (pipes, ends) = match (output_pipe(), output_pipe()) {
+        (Ok((out_r, out_w)), Ok((err_r, err_w))) => ([out_r, err_r], [out_w, err_w]),
+        (Err(e), _) | (_, Err(e)) => {
+            cgroup.cleanup();
+            return ExitRecord::failed(format!("cannot make the output pipes: {e}"));
+        }
+    };
+    // Made before the task starts: signals sent meanwhile stay pending
+    // (they are blocked) and are read from it all the same.
+    let signal_fd =
+        match SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+            Ok(fd) => fd,
+            Err(e) => {
+                cgroup.cleanup();
+                return ExitRecord::failed(format!("cannot watch signals: {e}"));
+            }
+        };
     let procs = match cgroup.procs_files() {
         Ok(p) => p,
         Err(e) => {
@@ -245,13 +338,14 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
 
     let mut cmd = Command::new(program);
     cgroup.warnings.iter().for_each(|w| note(dir, w));
+    let [out_w, err_w] = ends;
     cmd.args(args)
         .env_clear()
         .envs(&plan.env)
         .current_dir(dir.join(WORK_DIR))
         .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
+        .stdout(out_w)
+        .stderr(err_w)
         .process_group(0);
     if !plan.env.contains_key("PATH") {
         cmd.env("PATH", DEFAULT_PATH);
@@ -274,7 +368,11 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
         },
     );
     let oom_before = cgroup.oom_kills();
-    let child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The write ends go with it: the pipes end when the task's processes
+    // have all closed them, not when the shim does.
+    drop(cmd);
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             cgroup.cleanup();
@@ -291,11 +389,16 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
     // The task is reaped with waitid/waitpid below, not through `child`.
     drop(child);
     let pid = Pid::from_raw(raw_pid);
+    let mut output = Output {
+        streams: pipes.map(|p| Some(File::from(p))),
+        sinks: [stdout, stderr],
+        buf: vec![0u8; OUTPUT_CHUNK],
+    };
 
-    // Forward signals to the task's group until it has exited. It is not
-    // reaped until the loop is over: the zombie keeps the process group id
-    // reserved, so neither a forward nor the kill of what is left of the
-    // group below can reach a stranger that reused the id.
+    // Forward signals to the task's group and copy its output until it has
+    // exited. It is not reaped until the loop is over: the zombie keeps the
+    // process group id reserved, so neither a forward nor the kill of what
+    // is left of the group below can reach a stranger that reused the id.
     loop {
         let exited = waitid(
             Id::Pid(pid),
@@ -305,15 +408,42 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
             Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
             Ok(_) | Err(_) => break,
         }
-        match signals.wait() {
-            Ok(Signal::SIGCHLD) | Err(_) => {}
-            Ok(Signal::SIGUSR1) => {
-                let _ = killpg(pid, Signal::SIGKILL);
-            }
-            Ok(sig) => {
-                let _ = killpg(pid, sig);
+        let waited = {
+            let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+            fds.extend(
+                output
+                    .streams
+                    .iter()
+                    .flatten()
+                    .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN)),
+            );
+            poll(&mut fds, PollTimeout::NONE)
+        };
+        if let Err(e) = waited {
+            if e != Errno::EINTR {
+                // Not expected (poll fails for bad arguments or no
+                // memory); the task is still watched, only less promptly.
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
+        while let Ok(Some(info)) = signal_fd.read_signal() {
+            let Some(sig) = i32::try_from(info.ssi_signo)
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok())
+            else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => {}
+                Signal::SIGUSR1 => {
+                    let _ = killpg(pid, Signal::SIGKILL);
+                }
+                sig => {
+                    let _ = killpg(pid, sig);
+                }
+            }
+        }
+        output.copy(OUTPUT_BUDGET);
     }
     let _ = killpg(pid, Signal::SIGKILL);
     cgroup.kill_all();
@@ -323,6 +453,10 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
             other => break other,
         }
     };
+    // What the task's processes wrote before they died is in the pipes.
+    output.copy(OUTPUT_AFTER_EXIT);
+    let log_cuts = output.sinks.iter().map(LogSink::cuts).sum();
+    drop(output);
     let oom_killed = matches!((oom_before, cgroup.oom_kills()), (Some(a), Some(b)) if b > a);
     cgroup.cleanup();
 
@@ -332,6 +466,7 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
         finished_at_unix_ms: now_unix_ms(),
         message: None,
         oom_killed,
+        log_cuts,
     };
     match status {
         Ok(WaitStatus::Exited(_, code)) => exit.exit_code = Some(code),
@@ -343,6 +478,38 @@ fn supervise(dir: &Path, signals: SigSet) -> ExitRecord {
         exit.message = Some("out of memory: the cgroup's memory limit was reached".into());
     }
     exit
+}
+
+/// The task's stdout and stderr on their way to the logs.
+#[derive(Debug)]
+struct Output {
+    /// The read ends of the pipes; `None` once at their end.
+    streams: [Option<File>; 2],
+    sinks: [LogSink; 2],
+    buf: Vec<u8>,
+}
+
+impl Output {
+    /// Copies what the pipes hold, up to `budget` bytes from each.
+    fn copy(&mut self, budget: usize) {
+        for (stream, sink) in self.streams.iter_mut().zip(self.sinks.iter_mut()) {
+            if let Some(pipe) = stream {
+                if !pump(pipe, sink, &mut self.buf, budget) {
+                    *stream = None;
+                }
+            }
+        }
+    }
+}
+
+/// A pipe for one output stream: the shim's read end non-blocking (it
+/// reads what is there and goes back to `poll`), the task's write end
+/// blocking, as a task expects its stdout to be. Both close-on-exec: the
+/// write end becomes the task's fd 1 or 2 (which clears the flag there).
+fn output_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((read, write))
 }
 
 /// What a child does between fork and exec. Plain data prepared by the

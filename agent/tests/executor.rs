@@ -423,7 +423,8 @@ fn a_batch_started_outside_the_executor_runs_each_alloc_once_in_order() {
             }
         }
     }
-    exec.flush().expect("flush");
+    exec.flush();
+    assert!(exec.is_saved());
     let mut exited = BTreeMap::new();
     wait_for("every task to exit", || {
         for e in exec.poll() {

@@ -417,7 +417,7 @@ fn rotation_keeps_keep_old_files_and_restarts_the_current_one() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = make_alloc(tmp.path(), "job/0/1", "", "small");
     let out = dir.join("stdout.log");
-    // The task's descriptor, as the executor opens it.
+    // The log's descriptor, as the shim opens it.
     let mut task_fd = OpenOptions::new().append(true).open(&out).unwrap();
 
     for gen in 1..=4 {
@@ -439,7 +439,7 @@ fn rotation_keeps_keep_old_files_and_restarts_the_current_one() {
     assert!(rotate(&dir, 10, 2).unwrap().is_empty());
     assert!(!rotated_path(&dir, Stream::Stderr, 1).exists());
 
-    // The task keeps writing through its O_APPEND descriptor: the current
+    // The shim keeps writing through its O_APPEND descriptor: the current
     // file restarts at 0, no hole.
     task_fd.write_all(b"after\n").unwrap();
     assert_eq!(fs::read_to_string(&out).unwrap(), "after\n");
