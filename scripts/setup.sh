@@ -31,6 +31,10 @@ if $tests; then
     # dpkg-shlibdeps for the .deb's Depends.
     command -v systemd-analyze >/dev/null || need_apt+=(systemd)
     command -v dpkg-shlibdeps >/dev/null || need_apt+=(dpkg-dev)
+    # The fault tests: a master whose wall clock jumps (libfaketime), and
+    # an agent cut off in a network namespace (ip, from iproute2).
+    dpkg -s libfaketime >/dev/null 2>&1 || need_apt+=(libfaketime)
+    command -v ip >/dev/null || need_apt+=(iproute2)
     # The API fuzz run: a venv for schemathesis (Debian splits venv out).
     command -v python3 >/dev/null || need_apt+=(python3)
     # Debian's python3 imports ensurepip but cannot bootstrap pip without

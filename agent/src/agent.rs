@@ -462,6 +462,23 @@ impl Agent {
         }
     }
 
+    /// With `stop_after_disconnect`, watches the time since a master last
+    /// answered on a clock of its own: on a dead link a heartbeat does not
+    /// fail, it hangs until the client's timeout, longer than the limit.
+    async fn disconnect_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(limit) = self.settings.stop_after_disconnect else {
+            return;
+        };
+        let every = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            self.maybe_stop_all();
+        }
+    }
+
     async fn heartbeat_once(&self) -> Result<(), ClientError> {
         self.collect_exits();
         let Some(node_id) = self.node_id() else {
@@ -692,9 +709,11 @@ impl Agent {
         let polls = tokio::spawn(Arc::clone(&self).poll_loop(shutdown.clone()));
         let beats = tokio::spawn(Arc::clone(&self).heartbeat_loop(shutdown.clone()));
         let exits = tokio::spawn(Arc::clone(&self).exit_loop(shutdown.clone()));
+        let cutoff = tokio::spawn(Arc::clone(&self).disconnect_loop(shutdown.clone()));
         let _ = polls.await;
         let _ = beats.await;
         let _ = exits.await;
+        let _ = cutoff.await;
         // Report what ended during shutdown, best effort.
         let _ = self.heartbeat_once().await;
     }

@@ -2039,10 +2039,7 @@ async fn a_submission_past_the_pending_limit_is_429_with_retry_after_and_changes
     assert_eq!(r.header("retry-after"), Some("5"));
     let e = r.expect_error(429, "backlog_full");
     let message = e["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("scheduler.max_pending_tasks"),
-        "{message}"
-    );
+    assert!(message.contains("scheduler.max_pending_tasks"), "{message}");
     h.get("/v1/jobs/second")
         .await
         .expect_error(404, "not_found");

@@ -175,6 +175,42 @@ async fn when_most_nodes_go_silent_at_once_they_are_marked_down_at_a_bounded_rat
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_mass_silence_stays_rate_limited_until_every_silent_node_is_down_or_back() {
+    let dir = TempDir::new().unwrap();
+    let m = open(&dir).await;
+    let nodes: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    for n in &nodes {
+        register(&m, n, vec![]).await;
+    }
+    let alive = ["n6", "n7", "n8", "n9"];
+    // Six of ten silent. Once two are down, the other four are no longer
+    // "more than half" of the eight left, yet they still go one a second:
+    // the silence began as a mass one.
+    let mut downs = Vec::new();
+    for second in 0..14 {
+        let down = seconds_pass(&m, 1, &alive).await;
+        assert!(down.len() <= 1, "second {second}: {down:?}");
+        downs.extend(down);
+    }
+    assert_eq!(downs.len(), 4, "{downs:?}");
+    assert_eq!(m.metrics.nodes_down_deferred.get(), 2);
+    // The last two come back before their turn: nothing more is marked
+    // down, and the episode ends.
+    let back = ["n4", "n5", "n6", "n7", "n8", "n9"];
+    for n in ["n4", "n5"] {
+        heartbeat(&m, n).await;
+    }
+    assert!(seconds_pass(&m, 5, &back).await.is_empty());
+    assert_eq!(m.metrics.nodes_down_deferred.get(), 0);
+    for n in back {
+        assert_eq!(node_state(&m, n).await, NodeState::Ready, "{n}");
+    }
+    // A single node going silent later is an ordinary failure again.
+    let down = seconds_pass(&m, 12, &["n4", "n5", "n6", "n7", "n8"]).await;
+    assert_eq!(down, vec![nid("n9")]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_new_master_waits_one_node_timeout_before_declaring_any_node_down() {
     let dir = TempDir::new().unwrap();
     {

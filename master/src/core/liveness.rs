@@ -40,7 +40,7 @@ impl Master {
         let mut cluster = self.lock().await;
         let suspect_after = self.settings.heartbeat_interval * self.settings.suspect_after_missed;
         let mut candidates = Vec::new();
-        let mut alive = 0usize;
+        let (mut alive, mut quiet) = (0usize, 0usize);
         {
             let seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
             let ids: Vec<NodeId> = cluster
@@ -59,12 +59,13 @@ impl Master {
                     .entry(id.clone())
                     .or_insert_with(NodeLive::default);
                 live.suspect = silent > suspect_after;
+                quiet += usize::from(live.suspect);
                 if silent > self.settings.node_timeout {
                     candidates.push(id);
                 }
             }
         }
-        let down = self.limit_mass_failure(candidates, alive, now);
+        let down = self.limit_mass_failure(candidates, quiet, alive, now);
         let (mut lost, mut drained) = (0u64, 0u64);
         let changes = {
             let mut txn = Txn::new(&cluster);
@@ -106,30 +107,84 @@ impl Master {
     }
 
     /// If more than half of the live nodes went silent at once, the master
-    /// is more likely cut off than they are dead: let only a trickle through.
+    /// is more likely cut off than they are dead: from then until no node
+    /// is left past its timeout (each marked down, or back), only a
+    /// trickle is marked down, `max_down_per_second`. "At once" counts the
+    /// `quiet` (suspect) nodes, not only those past `node_timeout`: nodes
+    /// cut off together reach their timeouts a heartbeat's phase apart,
+    /// and the first would otherwise go down before the rest were counted.
     fn limit_mass_failure(
         &self,
         mut candidates: Vec<NodeId>,
+        quiet: usize,
         alive: usize,
         now: Instant,
     ) -> Vec<NodeId> {
-        if candidates.len() * 2 <= alive || alive < 2 {
+        let mut s = self.mass_silence.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = f64::from(self.settings.max_down_per_second.max(1));
+        if s.episode.is_none() {
+            if candidates.is_empty() || quiet.max(candidates.len()) * 2 <= alive || alive < 2 {
+                return candidates;
+            }
+            tracing::error!(
+                silent = quiet.max(candidates.len()),
+                alive,
+                "more than half of the nodes went silent at once; this master may be the one \
+                 cut off; marking nodes down at most {rate}/s until they are all down or back"
+            );
+            s.episode = Some(Episode {
+                silent: quiet.max(candidates.len()),
+                downed: 0,
+            });
+        }
+        if candidates.is_empty() {
+            if let Some(e) = s.episode.take() {
+                tracing::warn!(
+                    silent = e.silent,
+                    marked_down = e.downed,
+                    "mass silence over: every silent node is down or back"
+                );
+            }
+            self.metrics.nodes_down_deferred.set(0);
             return candidates;
         }
-        let rate = f64::from(self.settings.max_down_per_second.max(1));
-        let mut budget = self.down_budget.lock().unwrap_or_else(|e| e.into_inner());
-        let elapsed = now.saturating_duration_since(budget.1).as_secs_f64();
-        budget.0 = (budget.0 + elapsed * rate).min(rate);
-        budget.1 = now;
-        let allowed = budget.0.floor() as usize;
-        tracing::error!(
-            silent = candidates.len(),
-            alive,
-            allowed,
-            "more than half of the nodes went silent at once; this master may be the one cut off; marking nodes down at most {rate}/s"
-        );
+        let elapsed = now.saturating_duration_since(s.refilled).as_secs_f64();
+        s.budget = (s.budget + elapsed * rate).min(rate);
+        s.refilled = now;
+        let allowed = (s.budget.floor() as usize).min(candidates.len());
+        let deferred = candidates.len() - allowed;
         candidates.truncate(allowed);
-        budget.0 -= candidates.len() as f64;
+        s.budget -= allowed as f64;
+        if let Some(e) = s.episode.as_mut() {
+            e.downed += allowed;
+        }
+        self.metrics.nodes_down_deferred.set(deferred as i64);
         candidates
     }
+}
+
+/// The token bucket of [`Master::limit_mass_failure`], and the silence it
+/// is limiting, if any.
+#[derive(Debug)]
+pub(super) struct MassSilence {
+    budget: f64,
+    refilled: Instant,
+    episode: Option<Episode>,
+}
+
+impl MassSilence {
+    pub(super) fn new(now: Instant) -> MassSilence {
+        MassSilence {
+            budget: 0.0,
+            refilled: now,
+            episode: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Episode {
+    /// Nodes past their timeout when it began.
+    silent: usize,
+    downed: usize,
 }

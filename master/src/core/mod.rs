@@ -120,8 +120,8 @@ pub struct Master {
     feeds: std::sync::Mutex<Feeds>,
     policies: std::sync::Mutex<BTreeMap<PolicyKind, Box<dyn Policy>>>,
     wake: Notify,
-    /// Token bucket for marking nodes down during a mass silence.
-    down_budget: std::sync::Mutex<(f64, Instant)>,
+    /// Rate-limits marking nodes down during a mass silence.
+    mass_silence: std::sync::Mutex<liveness::MassSilence>,
     /// Set when the master begins to shut down: long polls answer at once.
     closing: watch::Sender<bool>,
     /// Staged writes on their way to the store (see [`Master::stage`]).
@@ -195,7 +195,7 @@ impl Master {
                 feeds: std::sync::Mutex::new(Feeds::new()),
                 policies: std::sync::Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
-                down_budget: std::sync::Mutex::new((0.0, now)),
+                mass_silence: std::sync::Mutex::new(liveness::MassSilence::new(now)),
                 closing: watch::channel(false).0,
                 committer,
                 stale: AtomicBool::new(false),
