@@ -133,6 +133,9 @@ pub enum Command {
     /// The REST API's description.
     #[command(subcommand)]
     Api(ApiCommand),
+    /// Replay a workload through the real scheduler on a virtual clock, once
+    /// per policy, and compare them (no master needed).
+    Simulate(Box<crate::simulate::SimulateArgs>),
     /// Run a local cluster: a master and agents in this process.
     #[command(after_help = "Examples:\n  \
         drover dev                          # master on 127.0.0.1:7070, one agent\n  \

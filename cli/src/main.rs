@@ -12,6 +12,7 @@ mod error;
 mod job;
 mod node;
 mod output;
+mod simulate;
 mod task;
 mod wait;
 
@@ -94,6 +95,7 @@ fn run(cli: Cli) -> u8 {
         Command::Task(c) => block_on(task::run(&ctx, c)),
         Command::Node(c) => block_on(node::run(&ctx, c)),
         Command::Cluster(c) => block_on(cluster::run(&ctx, c)),
+        Command::Simulate(args) => block_on(simulate::run(&ctx, *args)),
     };
     match outcome {
         Ok(code) => code,

@@ -1127,3 +1127,67 @@ fn a_bad_command_line_exits_2_without_reaching_any_master() {
         );
     }
 }
+
+#[test]
+fn simulate_from_master_replays_its_queue_under_every_policy_and_changes_nothing() {
+    let m = TestMaster::start();
+    m.add_node("n1", "127.0.0.1:1");
+    // Three tasks of 2 cores on a node of 4: two run, one waits.
+    m.submit(
+        "big.yaml",
+        "name: big\ncount: 3\ncommand: [x]\nresources: {cpu: 2, memory: 1Gi}\n",
+    );
+    let before: Vec<TaskView> = m.tasks("big").expect("big's tasks");
+    let report: serde_json::Value =
+        m.json(&["simulate", "--from-master", "--assume-duration", "1m"]);
+    let policies = report["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 4, "{report}");
+    for p in policies {
+        // Two waves of a minute each, whatever the policy.
+        assert_eq!(p["tasks"], 3, "{p}");
+        assert_eq!(p["makespan_s"], 120.0, "{p}");
+    }
+    // It only read: the master's tasks are as they were.
+    let after: Vec<TaskView> = m.tasks("big").expect("big's tasks");
+    assert_eq!(
+        serde_json::to_value(&before).expect("JSON"),
+        serde_json::to_value(&after).expect("JSON")
+    );
+}
+
+#[test]
+fn simulate_runs_the_shipped_sample_and_draws_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let svg = dir.path().join("out.svg");
+    let done = Proc::spawn({
+        let mut c = drover();
+        c.args(["simulate", "--workload"])
+            .arg(root.join("config/simulate/workload.jsonl"))
+            .arg("--cluster")
+            .arg(root.join("config/simulate/cluster.yaml"))
+            .args(["--policies", "least-loaded,priority", "--plot"])
+            .arg(&svg);
+        c
+    })
+    .finish();
+    done.assert_code(0);
+    assert!(done.row("least-loaded").len() > 5, "{}", done.stdout);
+    assert!(done.row("priority").len() > 5, "{}", done.stdout);
+    let drawn = read(&svg);
+    assert!(drawn.contains("least-loaded") && drawn.contains("priority"));
+    // A PNG is refused with a clear word, before anything runs.
+    let png = Proc::spawn({
+        let mut c = drover();
+        c.args(["simulate", "--workload"])
+            .arg(root.join("config/simulate/workload.jsonl"))
+            .arg("--cluster")
+            .arg(root.join("config/simulate/cluster.yaml"))
+            .arg("--plot")
+            .arg(dir.path().join("out.png"));
+        c
+    })
+    .finish();
+    assert_ne!(png.code, 0);
+    assert!(png.stderr.contains("SVG"), "{}", png.stderr);
+}

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod ha;
+pub mod harness;
 pub mod http;
 pub mod identity;
 pub mod lifecycle;

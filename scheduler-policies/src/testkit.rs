@@ -1,6 +1,8 @@
-//! Small builders for clusters and queues: the harness the table tests, the
-//! property tests, the benches and the master's tests share, so none of them
-//! needs a server (as Nomad's scheduler harness).
+//! Small builders for clusters and queues, shared by the policies' table
+//! tests, property tests and benches: policies are tested on views built by
+//! hand, with no master. The master-level harness, where the real
+//! lifecycle, pass and liveness code run on a virtual clock, is
+//! `drover_master::harness`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
