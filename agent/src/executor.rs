@@ -818,9 +818,15 @@ impl Executor {
                 let _ = fs::remove_file(dir.join(EXIT_FILE));
                 let _ = fs::remove_dir(dir.join(WORK_DIR));
                 let _ = fs::remove_dir(&dir);
-                // The task's index dir, if this was its last attempt here.
+                // The task's index dir, if this was its last attempt here,
+                // and the job's, if this was its last task here: empty
+                // directories would otherwise pile up, one per job.
                 if let Some(index) = dir.parent() {
-                    let _ = fs::remove_dir(index);
+                    if fs::remove_dir(index).is_ok() {
+                        if let Some(job) = index.parent() {
+                            let _ = fs::remove_dir(job);
+                        }
+                    }
                 }
                 self.finished_ids.insert(f.alloc.clone());
             }

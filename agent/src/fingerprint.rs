@@ -196,6 +196,11 @@ impl Probe {
     /// As [`new`](Self::new) with a given NVML handle (or none: as on a
     /// machine without the driver).
     pub fn with_nvml(nvml: Option<Nvml>, cfg: &AgentConfig) -> Self {
+        // sysinfo keeps a /proc/<pid>/stat open for every process it has
+        // refreshed, up to half the open-file limit: on a busy machine
+        // thousands of the agent's descriptors, held for other people's
+        // processes. Reopening them at each refresh costs little.
+        sysinfo::set_open_files_limit(0);
         let mut sys = System::new();
         sys.refresh_cpu_all();
         sys.refresh_memory();

@@ -529,6 +529,24 @@ fn an_acknowledged_exit_leaves_the_state_file_yet_the_alloc_is_never_run_again()
 }
 
 #[test]
+fn acknowledging_a_jobs_last_quiet_exit_leaves_no_directory_of_it_behind() {
+    let fx = Fixture::new("quiet");
+    let mut exec = fx.open();
+    let launched = exec.launch(fx.spec(0, "true")).expect("launch");
+    let job_dir = launched
+        .dir
+        .ancestors()
+        .nth(2)
+        .expect("allocs/<job>/<index>/<attempt>")
+        .to_path_buf();
+    assert!(job_dir.ends_with(&fx.job), "{}", job_dir.display());
+    wait_exit(&mut exec, &fx.alloc(0));
+    exec.ack(&[fx.alloc(0)]);
+    // One empty directory per job would add up over months of churn.
+    assert!(!job_dir.exists(), "{} is left", job_dir.display());
+}
+
+#[test]
 fn a_corrupt_state_file_is_recovered_from_the_alloc_dirs_without_relaunching() {
     let fx = Fixture::new("corrupt");
     let mut exec = fx.open();
