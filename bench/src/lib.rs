@@ -124,6 +124,12 @@ pub fn drover_binary() -> anyhow::Result<PathBuf> {
     sibling_binary("drover", "DROVER_BIN")
 }
 
+/// The `drover-agent` binary next to this one, unless `DROVER_AGENT_BIN`
+/// names another.
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    sibling_binary("drover-agent", "DROVER_AGENT_BIN")
+}
+
 /// The workspace binary `name` next to this executable (or up to two
 /// directories above it, as from `target/debug/deps`), unless the
 /// environment variable `env` names another.

@@ -6,6 +6,7 @@
 //!   target/release/drover-bench throughput --tasks 10000
 //!   target/release/drover-bench spawn-limit
 //!   target/release/drover-bench sim --nodes 1000 --tasks 100000 --jobs 100 --runs 3
+//!   target/release/drover-bench soak --duration 30m --out soak.md
 
 use clap::{Parser, Subcommand};
 use drover_bench::{
@@ -13,6 +14,7 @@ use drover_bench::{
 };
 
 mod sim_cmd;
+mod soak;
 
 #[derive(Debug, Parser)]
 #[command(about = "End-to-end benchmarks of a drover dev cluster")]
@@ -63,6 +65,10 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         n: u32,
     },
+    /// A real drover-master and drover-agents under mixed churn (submits,
+    /// stops, purges, agent and node restarts) for --duration, sampling
+    /// memory, open files, store and data dir sizes: does anything grow?
+    Soak(soak::SoakArgs),
 }
 
 fn cores() -> usize {
@@ -167,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Bench::Sim(a) => sim_cmd::run(a).await?,
+        Bench::Soak(a) => soak::run(a).await?,
         Bench::SimLatency { nodes, n } => {
             let samples = sim_cmd::latency(nodes, n).await?;
             let s = Summary::of(&samples).ok_or_else(|| anyhow::anyhow!("no samples"))?;

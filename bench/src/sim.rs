@@ -1294,22 +1294,28 @@ pub struct MasterProcess {
 
 impl MasterProcess {
     pub fn start(binary: &Path, settings: MasterSettings) -> anyhow::Result<MasterProcess> {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let config = format!(
+            "liveness:\n  heartbeat_interval: {}\n  node_timeout: {}\n\
+             api:\n  poll_timeout: {}\n",
+            ms(settings.heartbeat_interval),
+            ms(settings.node_timeout),
+            ms(settings.poll_timeout),
+        );
+        MasterProcess::start_with(binary, &config)
+    }
+
+    /// Starts one with `config` (YAML, without `log:`, which is set here:
+    /// the address is read from the JSON log) and the embedded store.
+    pub fn start_with(binary: &Path, config: &str) -> anyhow::Result<MasterProcess> {
         let dir = tempfile::Builder::new()
             .prefix("drover-sim-")
             .tempdir()
             .context("temp dir")?;
-        let config = dir.path().join("master.yaml");
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let config_path = dir.path().join("master.yaml");
         std::fs::write(
-            &config,
-            format!(
-                "liveness:\n  heartbeat_interval: {}\n  node_timeout: {}\n\
-                 api:\n  poll_timeout: {}\n\
-                 log:\n  level: \"warn,drover_master::server=info\"\n  format: json\n",
-                ms(settings.heartbeat_interval),
-                ms(settings.node_timeout),
-                ms(settings.poll_timeout),
-            ),
+            &config_path,
+            format!("{config}log:\n  level: \"warn,drover_master::server=info\"\n  format: json\n"),
         )?;
         let data = dir.path().join("data");
         let mut child = Command::new(binary)
@@ -1318,7 +1324,7 @@ impl MasterProcess {
             .arg("--data-dir")
             .arg(&data)
             .arg("--config")
-            .arg(&config)
+            .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
