@@ -85,6 +85,7 @@ impl Harness {
     /// clock starts at the Unix epoch (API timestamps are virtual time).
     pub async fn new(settings: Settings) -> Result<Harness, StoreError> {
         let master = Master::open(settings, Arc::new(NullStore), Clock::starting_at(0)).await?;
+        master.log_touched();
         Ok(Harness { master })
     }
 
@@ -136,19 +137,23 @@ impl Harness {
         self.master.schedule_pass().await
     }
 
-    /// Allocs to start and to stop, by node, in id order. The virtual
-    /// agents are expected to act on them (see [`Harness::report`]):
-    /// an alloc is listed until its state changes.
+    /// Allocs that changed since the last call and now wait on their
+    /// agents: to start (placed) or to stop (being stopped), in id order.
+    /// Each is listed once, as a poll's delta would carry it; the virtual
+    /// agents are expected to act on it (see [`Harness::report`]). What it
+    /// costs is what changed, not what runs.
     pub async fn orders(&self) -> Orders {
+        let touched = self.master.take_touched();
         let cluster = self.master.lock().await;
         let mut orders = Orders::default();
-        for (node, allocs) in &cluster.live_allocs_by_node {
-            for id in allocs {
-                match cluster.allocs.get(id).map(|a| a.state) {
-                    Some(AllocState::Assigned) => orders.start.push((node.clone(), id.clone())),
-                    Some(AllocState::Stopping) => orders.stop.push((node.clone(), id.clone())),
-                    _ => {}
-                }
+        for id in touched {
+            let Some(a) = cluster.allocs.get(&id) else {
+                continue;
+            };
+            match a.state {
+                AllocState::Assigned => orders.start.push((a.node.clone(), id)),
+                AllocState::Stopping => orders.stop.push((a.node.clone(), id)),
+                _ => {}
             }
         }
         orders

@@ -85,6 +85,10 @@ struct Loop<'a> {
     durations: BTreeMap<String, usize>,
     samples: Vec<Sample>,
     capacity: Amounts,
+    /// Nodes the master has marked down (and not seen back).
+    down: Vec<bool>,
+    /// The capacity of the nodes the master counts as up.
+    up_capacity: Amounts,
 }
 
 /// Runs `setup` once under `choice`.
@@ -139,6 +143,8 @@ async fn run_async(setup: Setup<'_>, choice: PolicyChoice) -> Result<RunRecord, 
         durations: BTreeMap::new(),
         samples: Vec::new(),
         capacity,
+        down: vec![false; ids.len()],
+        up_capacity: capacity,
     };
     for (i, job) in setup.workload.iter().enumerate() {
         l.durations.insert(job.spec.name.to_string(), i);
@@ -308,7 +314,25 @@ impl Loop<'_> {
         self.h
             .add_node(&node, resources(c), c.labels.clone())
             .await
-            .map_err(engine("a node coming back"))
+            .map_err(engine("a node coming back"))?;
+        if std::mem::take(&mut self.down[i]) {
+            self.count_capacity(class, true);
+        }
+        Ok(())
+    }
+
+    fn count_capacity(&mut self, class: usize, up: bool) {
+        let c = &self.setup.cluster[class];
+        let cap = &mut self.up_capacity;
+        if up {
+            cap.cpu_millis += c.cpu_millis;
+            cap.memory_bytes += c.memory_bytes;
+            cap.gpus += u64::from(c.gpus);
+        } else {
+            cap.cpu_millis -= c.cpu_millis;
+            cap.memory_bytes -= c.memory_bytes;
+            cap.gpus -= u64::from(c.gpus);
+        }
     }
 
     async fn liveness(&mut self, at: u64) -> Result<(), SimError> {
@@ -320,10 +344,18 @@ impl Loop<'_> {
             .map(|((n, _), _)| n.clone())
             .collect();
         self.h.keep_alive(&alive).await;
-        self.h
+        let downed = self
+            .h
             .check_liveness()
             .await
             .map_err(engine("the liveness check"))?;
+        for node in downed {
+            if let Some(&i) = self.index.get(&node) {
+                if !std::mem::replace(&mut self.down[i], true) {
+                    self.count_capacity(self.nodes[i].1, false);
+                }
+            }
+        }
         // A mass silence is marked down a node a second: come back until
         // every dead node is down.
         let c = self.h.master().lock().await;
@@ -368,6 +400,9 @@ impl Loop<'_> {
             if live_start.is_empty() && live_stop.is_empty() {
                 return Ok(());
             }
+            // Only what stopped makes room for another pass in this round:
+            // a pass places all that fits.
+            let again = !live_stop.is_empty();
             let now = self.h.now_ms();
             let mut by_node: BTreeMap<NodeId, Vec<(AllocId, AllocState, Option<i32>)>> =
                 BTreeMap::new();
@@ -397,6 +432,9 @@ impl Loop<'_> {
             for (node, changes) in by_node {
                 self.report(&node, &changes).await?;
             }
+            if !again {
+                return Ok(());
+            }
         }
     }
 
@@ -417,27 +455,18 @@ impl Loop<'_> {
 
     async fn sample(&mut self) {
         let c = self.h.master().lock().await;
+        // Down nodes hold nothing: their allocs were lost.
         let mut held = Amounts::default();
-        let mut capacity = Amounts::default();
-        for (i, (node, class)) in self.nodes.iter().enumerate() {
-            if !self.up[i] || c.nodes.get(node).is_some_and(|r| r.down) {
-                continue;
-            }
-            let cls = &self.setup.cluster[*class];
-            capacity.cpu_millis += cls.cpu_millis;
-            capacity.memory_bytes += cls.memory_bytes;
-            capacity.gpus += u64::from(cls.gpus);
-            if let Some(h) = c.held_by_node.get(node) {
-                held.cpu_millis += h.cpu_millis;
-                held.memory_bytes += h.memory_bytes;
-                held.gpus += h.gpus;
-            }
+        for h in c.held_by_node.values() {
+            held.cpu_millis += h.cpu_millis;
+            held.memory_bytes += h.memory_bytes;
+            held.gpus += h.gpus;
         }
         let sample = Sample {
             at_s: self.h.now_ms() as f64 / 1000.0,
             queued: c.pending.len() as u64,
             held,
-            capacity,
+            capacity: self.up_capacity,
         };
         drop(c);
         // Several rounds at one instant: the last one stands.

@@ -102,6 +102,16 @@ impl Master {
     /// changed. `forget`: what changed is unknown (the cluster was reloaded),
     /// so every node's next poll gets its whole set.
     pub(super) fn bump_nodes(&self, touched: Touched, forget: bool) {
+        if let Some(log) = self
+            .touched_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            for (_, allocs) in &touched {
+                log.extend(allocs.iter().cloned());
+            }
+        }
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         for (node, allocs) in touched {
             let feed = feeds.of(&node);
@@ -116,6 +126,20 @@ impl Master {
                 }
             }
         }
+    }
+
+    /// From now on, gathers the allocs that each commit changes, for
+    /// [`Master::take_touched`] (the simulation harness, which acts on
+    /// what changed instead of walking every alloc).
+    pub fn log_touched(&self) {
+        let mut log = self.touched_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.get_or_insert_with(Default::default);
+    }
+
+    /// The allocs changed since the last call (see [`Master::log_touched`]).
+    pub fn take_touched(&self) -> std::collections::BTreeSet<AllocId> {
+        let mut log = self.touched_log.lock().unwrap_or_else(|e| e.into_inner());
+        log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// A receiver of a node's assignment version; it changes whenever the

@@ -122,6 +122,9 @@ pub struct Master {
     wake: Notify,
     /// Rate-limits marking nodes down during a mass silence.
     mass_silence: std::sync::Mutex<liveness::MassSilence>,
+    /// When the simulation harness watches: the allocs each commit
+    /// changed, gathered until it takes them.
+    touched_log: std::sync::Mutex<Option<std::collections::BTreeSet<drover_api::AllocId>>>,
     /// Set when the master begins to shut down: long polls answer at once.
     closing: watch::Sender<bool>,
     /// Staged writes on their way to the store (see [`Master::stage`]).
@@ -196,6 +199,7 @@ impl Master {
                 policies: std::sync::Mutex::new(BTreeMap::new()),
                 wake: Notify::new(),
                 mass_silence: std::sync::Mutex::new(liveness::MassSilence::new(now)),
+                touched_log: std::sync::Mutex::new(None),
                 closing: watch::channel(false).0,
                 committer,
                 stale: AtomicBool::new(false),
