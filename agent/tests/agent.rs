@@ -2,7 +2,6 @@
 //! from a poll are launched once, allocs no longer desired are stopped, and
 //! every change becomes a status update for the next heartbeat.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drover_agent::agent::{Agent, AgentSettings};
@@ -10,8 +9,10 @@ use drover_agent::config::AgentConfig;
 use drover_agent::executor::{ExecConfig, Executor};
 use drover_agent::fingerprint::Probe;
 use drover_agent::metrics::AgentMetrics;
-use drover_api::protocol::{task_env, Assignment, NodeResources};
-use drover_api::{AllocId, AllocState, JobType};
+use drover_api::protocol::Assignment;
+use drover_api::{AllocId, AllocState};
+
+mod support;
 
 fn agent(dir: &std::path::Path) -> std::sync::Arc<Agent> {
     agent_with(dir, None)
@@ -29,48 +30,19 @@ fn agent_with(
     })
     .unwrap();
     let settings = AgentSettings {
-        // Nothing listens there: these tests never reach a master.
-        masters: vec!["127.0.0.1:1".into()],
-        token: None,
-        node_id: None,
-        data_dir: dir.to_path_buf(),
-        hostname: "test".into(),
-        log_addr: "127.0.0.1:1".into(),
-        resources: NodeResources {
-            cpu_millis: 2000,
-            memory_bytes: 1 << 30,
-            gpus: vec![],
-        },
-        reserved: Default::default(),
-        labels: BTreeMap::new(),
-        attributes: BTreeMap::new(),
-        kill_grace: Duration::from_secs(2),
         stop_after_disconnect,
-        poll_wait: Duration::from_secs(1),
-        log_key: Default::default(),
-        master_tls: None,
+        ..support::settings(dir)
     };
     let probe = Probe::new(&AgentConfig::default());
     Agent::new(settings, executor, probe, AgentMetrics::new())
 }
 
 fn assignment(alloc: &str, script: &str) -> Assignment {
-    gpu_assignment(alloc, script, &[])
+    support::assignment(alloc, script, &[])
 }
 
 fn gpu_assignment(alloc: &str, script: &str, gpus: &[u32]) -> Assignment {
-    let id: AllocId = alloc.parse().unwrap();
-    Assignment {
-        env: task_env(&id, None, gpus, &BTreeMap::new()),
-        alloc: id,
-        job_type: JobType::Batch,
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        cpu_millis: 100,
-        memory_bytes: 64 << 20,
-        gpus: gpus.to_vec(),
-        kill_timeout_ms: 2000,
-        stop: false,
-    }
+    support::assignment(alloc, script, gpus)
 }
 
 /// Collects exits until `alloc` has an update in `state`, for at most 10 s.

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover_agent::agent::{Agent, AgentSettings};
+use drover_agent::agent::Agent;
 use drover_agent::config::AgentConfig;
 use drover_agent::executor::{ExecConfig, Executor, LaunchSpec, SAVE_RETRY};
 use drover_agent::fingerprint::Probe;
@@ -24,8 +24,8 @@ use drover_agent::local_state::{STATE_FILE, STDOUT_LOG};
 use drover_agent::metrics::AgentMetrics;
 use drover_agent::output::cut_marker;
 use drover_agent::shim::SHIM_ARG;
-use drover_api::protocol::{task_env, AllocUpdate, Assignment, NodeResources};
-use drover_api::{AllocId, AllocState, JobType};
+use drover_api::protocol::{AllocUpdate, Assignment};
+use drover_api::AllocState;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -171,48 +171,17 @@ fn exec_config(data: &Path) -> ExecConfig {
     }
 }
 
+mod support;
+
 fn agent(data: &Path, metrics: AgentMetrics) -> Arc<Agent> {
     let executor = Executor::open(exec_config(data)).unwrap();
-    let settings = AgentSettings {
-        // Nothing listens there: what the agent would send is its queue of
-        // updates, which these tests read.
-        masters: vec!["127.0.0.1:1".into()],
-        token: None,
-        node_id: None,
-        data_dir: data.to_path_buf(),
-        hostname: "test".into(),
-        log_addr: "127.0.0.1:1".into(),
-        resources: NodeResources {
-            cpu_millis: 2000,
-            memory_bytes: 1 << 30,
-            gpus: vec![],
-        },
-        reserved: Default::default(),
-        labels: BTreeMap::new(),
-        attributes: BTreeMap::new(),
-        kill_grace: Duration::from_secs(2),
-        stop_after_disconnect: None,
-        poll_wait: Duration::from_secs(1),
-        log_key: Default::default(),
-        master_tls: None,
-    };
+    let settings = support::settings(data);
     let probe = Probe::new(&AgentConfig::default());
     Agent::new(settings, executor, probe, metrics)
 }
 
 fn assignment(alloc: &str, script: &str) -> Assignment {
-    let id: AllocId = alloc.parse().unwrap();
-    Assignment {
-        env: task_env(&id, None, &[], &BTreeMap::new()),
-        alloc: id,
-        job_type: JobType::Batch,
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        cpu_millis: 100,
-        memory_bytes: 64 << 20,
-        gpus: vec![],
-        kill_timeout_ms: 2000,
-        stop: false,
-    }
+    support::assignment(alloc, script, &[])
 }
 
 /// Collects exits until `alloc` has an update in `state`.

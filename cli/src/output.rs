@@ -8,9 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-/// Columns are separated by this many spaces.
-const GAP: usize = 2;
-
 /// A table with a header row; columns are as wide as their widest cell.
 #[derive(Debug)]
 pub struct Table {
@@ -30,32 +27,7 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(c))
-                    .map(|cell| cell.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut out = String::new();
-        for row in &self.rows {
-            let mut line = String::new();
-            for (c, cell) in row.iter().enumerate() {
-                line.push_str(cell);
-                if c + 1 < row.len() {
-                    let pad = widths[c] - cell.chars().count() + GAP;
-                    line.extend(std::iter::repeat_n(' ', pad));
-                }
-            }
-            // The last cell may be empty; no trailing blanks either way.
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
+        drover_simulate::report::render_table(&self.rows)
     }
 }
 

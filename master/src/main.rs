@@ -65,8 +65,15 @@ async fn main() -> anyhow::Result<()> {
         return check_store(&config).await;
     }
     config.validate()?;
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level));
+    // warp logs every connection a client drops mid-request (an agent
+    // killed, a curl interrupted) as an ERROR of the server's; they are
+    // not, so they are left out unless the level names warp itself.
+    let level = if config.log.level.contains("warp") {
+        config.log.level.clone()
+    } else {
+        format!("{},warp::server::run=off", config.log.level)
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(level));
     match config.log.format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),

@@ -295,8 +295,8 @@ fn percent(fraction: Option<f64>) -> String {
 }
 
 /// Columns as wide as their widest cell, two spaces apart, no trailing
-/// blanks: the CLI's table style.
-fn render_table(rows: &[Vec<String>]) -> String {
+/// blanks: the CLI's table style (the CLI renders its own tables with it).
+pub fn render_table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

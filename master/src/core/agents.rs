@@ -108,7 +108,7 @@ impl Master {
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            for (_, allocs) in &touched {
+            for allocs in touched.values() {
                 log.extend(allocs.iter().cloned());
             }
         }
