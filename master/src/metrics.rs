@@ -236,6 +236,9 @@ impl Metrics {
             m.reschedules.with_label_values(&[reason]);
         }
         m.rejected_updates.with_label_values(&["foreign_alloc"]);
+        for reason in ["api", "agent", "backlog"] {
+            m.http_throttled.with_label_values(&[reason]);
+        }
         m
     }
 
