@@ -35,15 +35,8 @@ fn full_disk_marker() -> String {
 }
 
 /// Polls `f` until it returns `Some`, for at most [`PATIENCE`].
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    support::wait_for(what, PATIENCE, f)
 }
 
 fn running_as_root() -> bool {

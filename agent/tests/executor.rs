@@ -19,6 +19,8 @@ use drover_agent::shim::{self, SHIM_ARG};
 use drover_api::AllocId;
 use nix::unistd::Uid;
 
+mod support;
+
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The shim binary: the agent itself, or `DROVER_TEST_SHIM` (any binary whose
@@ -30,15 +32,8 @@ fn shim_program() -> PathBuf {
 }
 
 /// Polls `f` until it returns `Some`, for at most [`PATIENCE`].
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    support::wait_for(what, PATIENCE, f)
 }
 
 struct Fixture {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use drover_api::client::{Client, LogStream};
 use drover_api::views::{JobView, NodeView, TaskView};
-use drover_api::{JobId, JobState, NodeId, TaskId};
+use drover_api::{JobId, JobState, NodeId, NodeState, TaskId};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -1242,6 +1242,19 @@ impl Cluster {
                 Ok(job)
             } else {
                 Err(format!("{} with tasks {:?}", job.state, job.tasks))
+            }
+        })
+        .await
+    }
+
+    /// Waits until node `id` is in `state`, and returns it.
+    pub async fn wait_node(&self, id: &NodeId, state: NodeState, timeout: Duration) -> NodeView {
+        eventually(&format!("node {id} to be {state}"), timeout, || async {
+            let node = self.client.node(id).await.map_err(|e| e.to_string())?;
+            if node.state == state {
+                Ok(node)
+            } else {
+                Err(format!("{node:?}"))
             }
         })
         .await

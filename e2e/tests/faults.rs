@@ -120,15 +120,9 @@ async fn when_most_nodes_fall_silent_they_go_down_one_a_second_and_no_reschedule
     // They come back: those still up keep their tasks; only the tasks of
     // the nodes that went down ran again.
     for i in 0..10 {
-        eventually("every node ready", WAIT, || async {
-            let n = cluster.node_view(&cluster.node(i)).await;
-            if n.state == NodeState::Ready {
-                Ok(())
-            } else {
-                Err(format!("{n:?}"))
-            }
-        })
-        .await;
+        cluster
+            .wait_node(&cluster.node(i), NodeState::Ready, WAIT)
+            .await;
     }
     let downs = cluster.metric("drover_node_failures_total").await as usize;
     assert!((3..6).contains(&downs), "{downs} nodes went down");
@@ -318,15 +312,7 @@ async fn a_partitioned_nodes_tasks_run_elsewhere_it_stops_its_own_when_told_to_a
     )
     .await;
     for node in [&n4, &n5] {
-        eventually("the cut-off node ready again", WAIT, || async {
-            let v = cluster.node_view(node).await;
-            if v.state == NodeState::Ready {
-                Ok(())
-            } else {
-                Err(format!("{v:?}"))
-            }
-        })
-        .await;
+        cluster.wait_node(node, NodeState::Ready, WAIT).await;
     }
     let after = all_running(&cluster, &job).await;
     for t in &after {

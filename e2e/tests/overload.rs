@@ -213,15 +213,9 @@ async fn ten_thousand_submissions_at_once_meet_429s_not_growth_and_every_acknowl
     assert!(failures >= 1.0, "the flapping node was never down");
     // The agents, throttled or not, are all there, the flapping one back.
     for i in 0..3 {
-        drover_e2e::eventually("every node ready", Duration::from_secs(10), || async {
-            let node = cluster.node_view(&cluster.node(i)).await;
-            if node.state == NodeState::Ready {
-                Ok(())
-            } else {
-                Err(format!("{node:?}"))
-            }
-        })
-        .await;
+        cluster
+            .wait_node(&cluster.node(i), NodeState::Ready, Duration::from_secs(10))
+            .await;
     }
     let mut cluster = cluster;
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drover_agent::agent::AgentSettings;
 use drover_api::protocol::{task_env, Assignment, NodeResources};
@@ -49,5 +49,17 @@ pub fn assignment(alloc: &str, script: &str, gpus: &[u32]) -> Assignment {
         gpus: gpus.to_vec(),
         kill_timeout_ms: 2000,
         stop: false,
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `patience`.
+pub fn wait_for<T>(what: &str, patience: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < patience, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
