@@ -123,19 +123,19 @@ impl Master {
         let mut s = self.mass_silence.lock().unwrap_or_else(|e| e.into_inner());
         let rate = f64::from(self.settings.max_down_per_second.max(1));
         if s.episode.is_none() {
-            if candidates.is_empty() || quiet.max(candidates.len()) * 2 <= alive || alive < 2 {
+            // Past node_timeout is past the suspect mark too; the max only
+            // guards settings made by hand (tests) that order them otherwise.
+            let silent = quiet.max(candidates.len());
+            if candidates.is_empty() || silent * 2 <= alive || alive < 2 {
                 return candidates;
             }
             tracing::error!(
-                silent = quiet.max(candidates.len()),
+                silent,
                 alive,
                 "more than half of the nodes went silent at once; this master may be the one \
                  cut off; marking nodes down at most {rate}/s until they are all down or back"
             );
-            s.episode = Some(Episode {
-                silent: quiet.max(candidates.len()),
-                downed: 0,
-            });
+            s.episode = Some(Episode { silent, downed: 0 });
         }
         if candidates.is_empty() {
             if let Some(e) = s.episode.take() {
