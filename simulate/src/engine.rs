@@ -121,9 +121,7 @@ async fn run_async(setup: Setup<'_>, choice: PolicyChoice) -> Result<RunRecord, 
         h.add_node(&node, resources(c), c.labels.clone())
             .await
             .map_err(engine("registering a node"))?;
-        capacity.cpu_millis += c.cpu_millis;
-        capacity.memory_bytes += c.memory_bytes;
-        capacity.gpus += u64::from(c.gpus);
+        add(&mut capacity, amounts(c), true);
         nodes.push((node, *class));
     }
     let mut l = Loop {
@@ -175,6 +173,28 @@ async fn run_async(setup: Setup<'_>, choice: PolicyChoice) -> Result<RunRecord, 
 
 fn secs_to_ms(s: f64) -> u64 {
     (s.max(0.0) * 1000.0).round() as u64
+}
+
+/// What one node of class `c` offers.
+fn amounts(c: &NodeClass) -> Amounts {
+    Amounts {
+        cpu_millis: c.cpu_millis,
+        memory_bytes: c.memory_bytes,
+        gpus: u64::from(c.gpus),
+    }
+}
+
+/// `total` plus `a`, or less it.
+fn add(total: &mut Amounts, a: Amounts, plus: bool) {
+    if plus {
+        total.cpu_millis += a.cpu_millis;
+        total.memory_bytes += a.memory_bytes;
+        total.gpus += a.gpus;
+    } else {
+        total.cpu_millis -= a.cpu_millis;
+        total.memory_bytes -= a.memory_bytes;
+        total.gpus -= a.gpus;
+    }
 }
 
 fn resources(c: &NodeClass) -> NodeResources {
@@ -271,7 +291,7 @@ impl Loop<'_> {
             Ok(_) => {
                 for index in 0..tasks {
                     self.outcomes.insert(
-                        spec_task(&job.spec, index),
+                        job.spec.name.task(index),
                         TaskOutcome {
                             job: name.clone(),
                             index,
@@ -322,17 +342,11 @@ impl Loop<'_> {
     }
 
     fn count_capacity(&mut self, class: usize, up: bool) {
-        let c = &self.setup.cluster[class];
-        let cap = &mut self.up_capacity;
-        if up {
-            cap.cpu_millis += c.cpu_millis;
-            cap.memory_bytes += c.memory_bytes;
-            cap.gpus += u64::from(c.gpus);
-        } else {
-            cap.cpu_millis -= c.cpu_millis;
-            cap.memory_bytes -= c.memory_bytes;
-            cap.gpus -= u64::from(c.gpus);
-        }
+        add(
+            &mut self.up_capacity,
+            amounts(&self.setup.cluster[class]),
+            up,
+        );
     }
 
     async fn liveness(&mut self, at: u64) -> Result<(), SimError> {
@@ -508,8 +522,4 @@ impl Loop<'_> {
             end_s: self.h.now_ms() as f64 / 1000.0,
         })
     }
-}
-
-fn spec_task(spec: &drover_api::JobSpec, index: u32) -> TaskId {
-    spec.name.task(index)
 }
