@@ -1464,6 +1464,11 @@ pub struct MasterMetrics {
     pub placements: f64,
     pub preemptions: f64,
     pub node_failures: f64,
+    /// Quantiles of the master's histograms, interpolated within their
+    /// buckets as Prometheus' `histogram_quantile` does.
+    pub pass_p50: Option<f64>,
+    pub pass_p99: Option<f64>,
+    pub lock_p99: Option<f64>,
 }
 
 impl MasterMetrics {
@@ -1502,13 +1507,71 @@ impl MasterMetrics {
             placements: sum("drover_placements_total", ""),
             preemptions: sum("drover_preemptions_total", ""),
             node_failures: sum("drover_node_failures_total", ""),
+            pass_p50: histogram_quantile(&m, "drover_schedule_pass_duration_seconds", 0.5),
+            pass_p99: histogram_quantile(&m, "drover_schedule_pass_duration_seconds", 0.99),
+            lock_p99: histogram_quantile(&m, "drover_schedule_lock_seconds", 0.99),
         }
     }
+}
+
+/// Quantile `q` of an unlabelled histogram in parsed metrics, linear within
+/// the bucket it falls in (as Prometheus' `histogram_quantile`); the upper
+/// bound of the last finite bucket when it falls in `+Inf`.
+pub fn histogram_quantile(m: &BTreeMap<String, f64>, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = m
+        .iter()
+        .filter_map(|(k, v)| {
+            let le = k.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for (bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower);
+            }
+            let within = count - below;
+            let share = if within > 0.0 {
+                (rank - below) / within
+            } else {
+                1.0
+            };
+            return Some(lower + (bound - lower) * share);
+        }
+        (lower, below) = (bound, count);
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_quantiles_interpolate_within_the_bucket() {
+        let text = "h_bucket{le=\"0.1\"} 50\nh_bucket{le=\"0.2\"} 90\nh_bucket{le=\"0.4\"} 100\nh_bucket{le=\"+Inf\"} 100\nh_count 100\n";
+        let m = parse_metrics(text);
+        let near = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(near(histogram_quantile(&m, "h", 0.5), 0.1));
+        assert!(near(histogram_quantile(&m, "h", 0.7), 0.15));
+        assert!(near(histogram_quantile(&m, "h", 0.99), 0.38));
+        assert_eq!(histogram_quantile(&m, "nothing", 0.5), None);
+        let spill = parse_metrics("h_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 10\n");
+        assert!(near(histogram_quantile(&spill, "h", 0.99), 1.0));
+    }
 
     #[test]
     fn plans_split_tasks_evenly_and_cycle_through_the_policies() {

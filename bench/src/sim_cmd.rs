@@ -13,6 +13,8 @@ use drover_bench::sim::{
     cpu_time_of, master_binary, plan_jobs, raise_fd_limit, MasterMetrics, MasterProcess,
     MasterSettings, Memory, Sim, SimOptions, SimReport,
 };
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {
@@ -74,6 +76,31 @@ struct RunNumbers {
     metrics: Option<MasterMetrics>,
     store_bytes: Option<u64>,
     warnings: Option<u64>,
+    /// `GET /v1/cluster` from a client of its own every 100 ms while the
+    /// run lasts: how long each answer took, and how many failed.
+    cluster_reads: Vec<Duration>,
+    cluster_read_errors: u64,
+}
+
+/// Reads `GET /v1/cluster` every 100 ms on connections of its own until
+/// `stop`: the latency a user sees while the master is busy placing.
+fn probe_cluster(addr: &str, mut stop: watch::Receiver<bool>) -> JoinHandle<(Vec<Duration>, u64)> {
+    let client = Client::new(vec![addr.to_string()], None);
+    tokio::spawn(async move {
+        let (mut samples, mut errors) = (Vec::new(), 0);
+        while !*stop.borrow() {
+            let t = Instant::now();
+            match client.raw("GET", "/v1/cluster", None).await {
+                Ok(r) if r.status == 200 => samples.push(t.elapsed()),
+                _ => errors += 1,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        (samples, errors)
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +254,8 @@ async fn one_run(args: &SimArgs, run: u32) -> anyhow::Result<RunNumbers> {
     let (master_cpu0, sim_cpu0) = (cpu(), cpu_time_of(std::process::id())?);
     sim.mark_start();
     let started = Instant::now();
+    let (stop_probe, probe_stopped) = watch::channel(false);
+    let probe = probe_cluster(&addr, probe_stopped);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.max_wait_s);
     // Jobs go in one after another while the nodes run what is placed;
     // both count against --max-wait-s.
@@ -260,6 +289,8 @@ async fn one_run(args: &SimArgs, run: u32) -> anyhow::Result<RunNumbers> {
     let master_cpu = cpu().zip(master_cpu0).map(|(b, a)| b.saturating_sub(a));
     let sim_cpu = cpu_time_of(std::process::id())?.saturating_sub(sim_cpu0);
     reporter.abort();
+    let _ = stop_probe.send(true);
+    let (cluster_reads, cluster_read_errors) = probe.await.unwrap_or_default();
     let metrics = match MasterMetrics::fetch(&client).await {
         Ok(m) => Some(m),
         Err(e) => {
@@ -311,6 +342,8 @@ async fn one_run(args: &SimArgs, run: u32) -> anyhow::Result<RunNumbers> {
         metrics,
         store_bytes,
         warnings,
+        cluster_reads,
+        cluster_read_errors,
     })
 }
 
@@ -328,6 +361,10 @@ fn mib(bytes: u64) -> String {
 
 fn kib(bytes: f64) -> String {
     format!("{:.1} KiB", bytes / 1024.0)
+}
+
+fn ms(seconds: f64) -> String {
+    format!("{:.1} ms", seconds * 1000.0)
 }
 
 fn ms_mean(sum: f64, count: f64) -> String {
@@ -363,9 +400,9 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
     );
     println!("Per run:\n");
     println!(
-        "| run | register | submit | all running | all succeeded | passes (mean) | store commits (mean) | heartbeat at master (mean) | preemptions | restarts | errors | master CPU | sim CPU |"
+        "| run | register | submit | all running | all succeeded | passes (mean) | store commits (mean) | heartbeat at master (mean) | pass p50 / p99 | lock held p99 | GET /v1/cluster p50 / p99 / max (failed) | preemptions | restarts | errors | master CPU | sim CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, n) in runs.iter().enumerate() {
         let r = &n.report;
         let m = n.metrics.unwrap_or_default();
@@ -380,8 +417,14 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
                 thousands(r.progress.succeeded)
             )
         };
+        let reads = |q: f64| {
+            let mut v = n.cluster_reads.clone();
+            v.sort();
+            let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len().max(1)) - 1;
+            v.get(i).map_or("—".to_string(), |d| ms(d.as_secs_f64()))
+        };
         println!(
-            "| {} | {} | {} | {} | {}{reached} | {} ({}) | {} ({}) | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {}{reached} | {} ({}) | {} ({}) | {} | {} / {} | {} | {} / {} / {} ({}) | {} | {} | {} | {} | {} |",
             i + 1,
             secs(n.register),
             opt_secs(n.submit),
@@ -392,6 +435,13 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
             thousands(m.commits as u64),
             ms_mean(m.commit_seconds, m.commits),
             ms_mean(m.heartbeat_seconds, m.heartbeats),
+            m.pass_p50.map_or("—".to_string(), ms),
+            m.pass_p99.map_or("—".to_string(), ms),
+            m.lock_p99.map_or("—".to_string(), ms),
+            reads(0.5),
+            reads(0.99),
+            reads(1.0),
+            n.cluster_read_errors,
             m.preemptions,
             r.restarts,
             r.error_count,

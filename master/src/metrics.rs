@@ -23,6 +23,9 @@ pub struct Metrics {
     pub is_leader: Gauge,
     pub scheduling_latency: Histogram,
     pub pass_duration: Histogram,
+    /// How long each pass holds the cluster lock (the pass less its
+    /// wait for the store).
+    pub pass_lock: Histogram,
     pub examined: IntCounter,
     pub placements: IntCounterVec,
     pub preemptions: IntCounter,
@@ -180,6 +183,12 @@ impl Metrics {
                 &r,
                 "drover_schedule_pass_duration_seconds",
                 "Duration of one scheduling pass, in seconds",
+                latency_buckets(),
+            ),
+            pass_lock: histogram(
+                &r,
+                "drover_schedule_lock_seconds",
+                "Time one scheduling pass holds the cluster lock (the pass less its wait for the store), in seconds",
                 latency_buckets(),
             ),
             examined,

@@ -19,6 +19,7 @@ use crate::model::{
     job_state, AllocRecord, JobRecord, NodeLive, NodeRecord, NodeState, TaskCounts, TaskRecord,
 };
 use crate::store::{Batch, Snapshot, StoreError};
+use crate::view::NodeViews;
 
 #[derive(Debug, Default)]
 pub struct Cluster {
@@ -47,6 +48,8 @@ pub struct Cluster {
     /// waits, which stands for the others.
     pub job_wait_reasons: BTreeMap<JobId, String>,
     pub next_seq: u64,
+    /// The policies' views of the nodes, kept between passes.
+    pub node_views: NodeViews,
 }
 
 /// Resources held on one node by its live allocs.
@@ -195,6 +198,9 @@ impl Cluster {
             if let Some(a) = rec {
                 self.allocs.insert(id.clone(), Arc::clone(a));
             }
+        }
+        if !changes.nodes.is_empty() {
+            self.node_views.invalidate();
         }
         for (id, rec) in &changes.nodes {
             match rec {

@@ -7,63 +7,115 @@ use scheduler_policies::{
     AllocView, ClusterView, Demand, GpuView, NodeStatus, NodeView, Reservation, TaskRequest,
 };
 
+use crate::model::{NodeLive, NodeRecord};
 use crate::state::{Cluster, Txn};
 
-/// Nodes with their allocatable capacity (capacity less reserved), every
-/// live alloc (stopping ones too: they hold what they had until they exit),
-/// and the room held for preemptors; staged changes included, so that
-/// several policies in one pass see each other's decisions.
-pub fn build_view(txn: &Txn<'_>) -> ClusterView {
-    let cluster = txn.base;
-    let nodes = cluster
-        .nodes
-        .values()
-        .map(|n| {
-            let cpu = n
-                .desc
-                .resources
-                .cpu_millis
-                .saturating_sub(n.desc.reserved.cpu_millis);
-            let live = cluster.live.get(&n.id);
-            let status = if n.down {
-                NodeStatus::Down
-            } else if live.is_some_and(|l| l.suspect) {
-                NodeStatus::Suspect
-            } else if n.drain.is_some() {
-                NodeStatus::Draining
-            } else {
-                NodeStatus::Ready
-            };
-            NodeView {
-                id: n.id.clone(),
-                status,
-                cpu_millis: cpu,
-                memory_bytes: n
-                    .desc
-                    .resources
-                    .memory_bytes
-                    .saturating_sub(n.desc.reserved.memory_bytes),
-                gpus: n
-                    .desc
-                    .resources
-                    .gpus
-                    .iter()
-                    .map(|g| GpuView {
-                        index: g.index,
-                        model: g.model.clone(),
-                    })
-                    .collect(),
-                labels: n.desc.labels.clone(),
-                utilisation: live.map_or(0.0, |l| {
-                    if cpu == 0 {
-                        0.0
-                    } else {
-                        l.usage_cpu_millis as f64 / cpu as f64
-                    }
-                }),
-            }
+/// The policies' views of the nodes, kept between passes: rebuilt only
+/// after a node record changed (registered, updated, drained, down, gone),
+/// otherwise refreshed in place (status and utilisation come from the
+/// heartbeats), so a pass does not copy every node's labels and GPUs.
+#[derive(Debug, Default)]
+pub struct NodeViews {
+    nodes: Arc<Vec<NodeView>>,
+    /// Whether `nodes` holds the current node records.
+    current: bool,
+}
+
+impl NodeViews {
+    /// A node record changed: rebuild on the next read.
+    pub fn invalidate(&mut self) {
+        self.current = false;
+    }
+}
+
+/// The nodes as the policies see them, in id order, current as of now.
+pub fn node_views(cluster: &mut Cluster) -> Arc<Vec<NodeView>> {
+    let Cluster {
+        nodes,
+        live,
+        node_views,
+        ..
+    } = cluster;
+    if !node_views.current || node_views.nodes.len() != nodes.len() {
+        node_views.nodes = Arc::new(
+            nodes
+                .values()
+                .map(|n| node_view(n, live.get(&n.id)))
+                .collect(),
+        );
+        node_views.current = true;
+    } else {
+        // Only a pass holds the views, and it drops them before it ends,
+        // so this is in place.
+        let views = Arc::make_mut(&mut node_views.nodes);
+        let mut live = live.iter().peekable();
+        for (view, node) in views.iter_mut().zip(nodes.values()) {
+            debug_assert_eq!(view.id, node.id);
+            while live.next_if(|(id, _)| **id < node.id).is_some() {}
+            let l = live.next_if(|(id, _)| **id == node.id).map(|(_, l)| l);
+            view.status = node_status(node, l);
+            view.utilisation = utilisation(l, view.cpu_millis);
+        }
+    }
+    Arc::clone(&node_views.nodes)
+}
+
+fn node_status(n: &NodeRecord, live: Option<&NodeLive>) -> NodeStatus {
+    if n.down {
+        NodeStatus::Down
+    } else if live.is_some_and(|l| l.suspect) {
+        NodeStatus::Suspect
+    } else if n.drain.is_some() {
+        NodeStatus::Draining
+    } else {
+        NodeStatus::Ready
+    }
+}
+
+fn utilisation(live: Option<&NodeLive>, cpu_millis: u64) -> f64 {
+    match live {
+        Some(l) if cpu_millis > 0 => l.usage_cpu_millis as f64 / cpu_millis as f64,
+        _ => 0.0,
+    }
+}
+
+fn node_view(n: &NodeRecord, live: Option<&NodeLive>) -> NodeView {
+    let cpu = n
+        .desc
+        .resources
+        .cpu_millis
+        .saturating_sub(n.desc.reserved.cpu_millis);
+    let mut gpus: Vec<GpuView> = n
+        .desc
+        .resources
+        .gpus
+        .iter()
+        .map(|g| GpuView {
+            index: g.index,
+            model: g.model.clone(),
         })
         .collect();
+    gpus.sort_by_key(|g| g.index);
+    NodeView {
+        id: n.id.clone(),
+        status: node_status(n, live),
+        cpu_millis: cpu,
+        memory_bytes: n
+            .desc
+            .resources
+            .memory_bytes
+            .saturating_sub(n.desc.reserved.memory_bytes),
+        gpus,
+        labels: n.desc.labels.clone(),
+        utilisation: utilisation(live, cpu),
+    }
+}
+
+/// `nodes` (from [`node_views`]), every live alloc (stopping ones too: they
+/// hold what they had until they exit), and the room held for preemptors;
+/// staged changes included, so that several policies in one pass see each
+/// other's decisions.
+pub fn build_view(txn: &Txn<'_>, nodes: Arc<Vec<NodeView>>) -> ClusterView {
     let allocs = txn
         .live_allocs()
         .into_iter()
@@ -93,7 +145,7 @@ pub fn build_view(txn: &Txn<'_>) -> ClusterView {
             })
         })
         .collect();
-    ClusterView::new(nodes, allocs).with_reservations(reservations)
+    ClusterView::with_sorted_nodes(nodes, allocs).with_reservations(reservations)
 }
 
 /// What each task of a job needs from a node.
@@ -201,6 +253,107 @@ impl Capacity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Drain;
+    use crate::state::Changes;
+    use drover_api::protocol::{GpuDevice, NodeDescriptor, NodeResources};
+    use drover_api::NodeId;
+
+    fn record(id: &str, gpus: &[u32]) -> NodeRecord {
+        NodeRecord {
+            id: NodeId::new(id).unwrap(),
+            desc: NodeDescriptor {
+                hostname: id.into(),
+                resources: NodeResources {
+                    cpu_millis: 4000,
+                    memory_bytes: 8 << 30,
+                    gpus: gpus
+                        .iter()
+                        .map(|i| GpuDevice {
+                            index: *i,
+                            uuid: format!("GPU-{i}"),
+                            model: "T4".into(),
+                            memory_bytes: 1 << 30,
+                        })
+                        .collect(),
+                },
+                ..NodeDescriptor::default()
+            },
+            down: false,
+            credential_sha256: None,
+            revoked: false,
+            log_key: None,
+            drain: None,
+            registered_at_ms: 0,
+        }
+    }
+
+    fn put(c: &mut Cluster, records: Vec<NodeRecord>, gone: &[&str]) {
+        let mut changes = Changes::default();
+        for r in records {
+            changes.nodes.insert(r.id.clone(), Some(Arc::new(r)));
+        }
+        for id in gone {
+            changes.nodes.insert(NodeId::new(*id).unwrap(), None);
+        }
+        c.apply(&changes);
+    }
+
+    /// The views a pass would get, and the ones built afresh from the books.
+    fn kept_and_fresh(c: &mut Cluster) -> (String, String) {
+        let kept = format!("{:?}", node_views(c));
+        let fresh: Vec<NodeView> = c
+            .nodes
+            .values()
+            .map(|n| node_view(n, c.live.get(&n.id)))
+            .collect();
+        (kept, format!("{fresh:?}"))
+    }
+
+    #[test]
+    fn kept_node_views_follow_records_and_heartbeats() {
+        let mut c = Cluster::default();
+        put(&mut c, vec![record("b", &[3, 1]), record("a", &[])], &[]);
+        let (kept, fresh) = kept_and_fresh(&mut c);
+        assert_eq!(kept, fresh);
+        let views = node_views(&mut c);
+        assert_eq!(views[0].id.as_str(), "a");
+        let indexes: Vec<u32> = views[1].gpus.iter().map(|g| g.index).collect();
+        assert_eq!(indexes, [1, 3]);
+        drop(views);
+
+        // Heartbeats change no record: the views are refreshed in place.
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        c.live.get_mut(&a).unwrap().usage_cpu_millis = 2000;
+        c.live.get_mut(&b).unwrap().suspect = true;
+        let views = node_views(&mut c);
+        assert_eq!(views[0].utilisation, 0.5);
+        assert_eq!(views[1].status, NodeStatus::Suspect);
+        drop(views);
+        c.live.get_mut(&b).unwrap().suspect = false;
+        assert_eq!(node_views(&mut c)[1].status, NodeStatus::Ready);
+
+        // Record changes: drained, down, a node joins, another leaves.
+        let mut drained = record("a", &[]);
+        drained.drain = Some(Drain {
+            started_at_ms: 0,
+            deadline_ms: 1,
+        });
+        let mut down = record("b", &[0]);
+        down.down = true;
+        put(&mut c, vec![drained, down, record("c", &[])], &[]);
+        let views = node_views(&mut c);
+        let statuses: Vec<NodeStatus> = views.iter().map(|v| v.status).collect();
+        assert_eq!(
+            statuses,
+            [NodeStatus::Draining, NodeStatus::Down, NodeStatus::Ready]
+        );
+        assert_eq!(views[1].gpus.len(), 1);
+        drop(views);
+        put(&mut c, vec![], &["a"]);
+        let (kept, fresh) = kept_and_fresh(&mut c);
+        assert_eq!(kept, fresh);
+        assert!(!kept.contains("\"a\""), "{kept}");
+    }
 
     fn demand(cpu_millis: u64, memory_bytes: u64, gpus: u32) -> Demand {
         Demand {

@@ -1677,6 +1677,7 @@ async fn metrics_count_placements_and_requests_by_route_without_ids_in_labels() 
         "drover_node_failures_total 0",
         "drover_scheduling_latency_seconds_count 2",
         "drover_schedule_pass_duration_seconds_count",
+        "drover_schedule_lock_seconds_count",
         "drover_http_request_duration_seconds_bucket",
         "drover_store_op_duration_seconds_bucket",
     ] {

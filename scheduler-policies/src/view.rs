@@ -1,9 +1,10 @@
 //! The immutable snapshot a policy decides over, and the tasks it places.
 //!
 //! The master builds a [`ClusterView`] from its own books at the start of
-//! every scheduling pass. What a node has allocated is not a field: it is
-//! derived from the live allocations in the view, so the two can never
-//! disagree.
+//! every scheduling pass, sharing the nodes it keeps between passes
+//! ([`ClusterView::with_sorted_nodes`]). What a node has allocated is not a
+//! field: it is derived from the live allocations in the view, so the two
+//! can never disagree.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,19 +123,31 @@ impl TaskRequest {
 /// for preemptors.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
-    nodes: Vec<NodeView>,
+    /// Shared, not copied: the master keeps its nodes' views between passes.
+    nodes: Arc<Vec<NodeView>>,
     allocs: Vec<AllocView>,
     reservations: Vec<Reservation>,
 }
 
 impl ClusterView {
     /// Sorts what needs a stable order; the caller's order never matters.
-    pub fn new(mut nodes: Vec<NodeView>, mut allocs: Vec<AllocView>) -> Self {
+    pub fn new(mut nodes: Vec<NodeView>, allocs: Vec<AllocView>) -> Self {
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         nodes.dedup_by(|a, b| a.id == b.id);
         for node in &mut nodes {
             node.gpus.sort_by_key(|g| g.index);
         }
+        ClusterView::with_sorted_nodes(Arc::new(nodes), allocs)
+    }
+
+    /// A view over nodes that are already in id order, unique, with their
+    /// GPUs in index order (checked in debug builds), shared with whoever
+    /// keeps them rather than copied.
+    pub fn with_sorted_nodes(nodes: Arc<Vec<NodeView>>, mut allocs: Vec<AllocView>) -> Self {
+        debug_assert!(nodes.windows(2).all(|w| w[0].id < w[1].id));
+        debug_assert!(nodes
+            .iter()
+            .all(|n| n.gpus.windows(2).all(|g| g[0].index <= g[1].index)));
         allocs.sort_by(|a, b| a.id.cmp(&b.id));
         ClusterView {
             nodes,

@@ -17,7 +17,7 @@ use crate::auth::{Principal, Role};
 use crate::lifecycle::{self, Submitted};
 use crate::model::{AllocRecord, JobRecord, NodeRecord, TaskRecord};
 use crate::state::{Cluster, Held, Txn};
-use crate::view::{build_view, demand_of, task_request};
+use crate::view::{build_view, demand_of, node_views, task_request};
 
 /// Why the logs of a task cannot be fetched from its node.
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +136,10 @@ impl Master {
     /// nothing, and uses a fresh policy so that round-robin's cursor is not
     /// moved.
     pub async fn plan(&self, spec: &JobSpec) -> PlanAnswer {
-        let cluster = self.lock().await;
+        let mut cluster = self.lock().await;
+        let nodes = node_views(&mut cluster);
         let txn = Txn::new(&cluster);
-        let view = build_view(&txn);
+        let view = build_view(&txn, nodes);
         let demand = Arc::new(demand_of(spec));
         // Queued after everything already waiting, as a real submission would be.
         let queue: Vec<TaskRequest> = (0..spec.task_count())

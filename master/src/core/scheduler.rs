@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::lifecycle::{self, KillCause};
 use crate::model::Nomination;
 use crate::state::Txn;
-use crate::view::{build_view, demand_of, task_request, Capacity};
+use crate::view::{build_view, demand_of, node_views, task_request, Capacity};
 
 use super::{CommitError, Master};
 
@@ -49,10 +49,12 @@ impl Master {
     pub async fn schedule_pass(&self) -> Result<usize, CommitError> {
         let started = StdInstant::now();
         let mut cluster = self.lock().await;
+        let locked = StdInstant::now();
         if cluster.pending.is_empty() {
             return Ok(0);
         }
         let now_ms = self.clock.wall_ms();
+        let nodes = node_views(&mut cluster);
         let default = self.settings.default_policy;
         let mut demands: BTreeMap<JobId, Arc<Demand>> = BTreeMap::new();
         let mut groups: BTreeMap<PolicyKind, Vec<TaskRequest>> = BTreeMap::new();
@@ -139,7 +141,7 @@ impl Master {
                 }
             };
             if !nominated.is_empty() {
-                let view = build_view(&txn);
+                let view = build_view(&txn, Arc::clone(&nodes));
                 for (kind, request, node) in nominated {
                     match nominated::decide(&view, &request) {
                         Nominated::Place { gpus } => {
@@ -157,7 +159,7 @@ impl Master {
             }
             let mut policies = self.policies.lock().unwrap_or_else(|e| e.into_inner());
             for (kind, queue) in &groups {
-                let view: ClusterView = build_view(&txn);
+                let view: ClusterView = build_view(&txn, Arc::clone(&nodes));
                 let policy = policies
                     .entry(*kind)
                     .or_insert_with(|| registry::build(*kind));
@@ -207,6 +209,9 @@ impl Master {
         cluster.job_wait_reasons = job_waits;
         let waiting = cluster.pending.len();
         drop(cluster);
+        self.metrics
+            .pass_lock
+            .observe(locked.elapsed().as_secs_f64());
         durable.wait().await?;
         let placed: u64 = placed_by.values().sum();
         for (policy, n) in placed_by {
