@@ -573,7 +573,24 @@ mod tests {
             (r, txn.into_changes())
         };
         c.apply(&changes);
+        assert_alloc_views_kept(c);
         r
+    }
+
+    /// The policies' alloc views kept by `apply` are what the records say
+    /// now: every live alloc, as it is, with its job's elastic settings.
+    fn assert_alloc_views_kept(c: &Cluster) {
+        let fresh: Vec<String> = c
+            .allocs
+            .values()
+            .filter(|a| a.is_live())
+            .map(|a| {
+                let elastic = c.jobs.get(&a.id.task.job).and_then(|j| j.spec.elastic);
+                format!("{:?}", crate::view::alloc_view(a, elastic))
+            })
+            .collect();
+        let kept: Vec<String> = c.alloc_views.values().map(|v| format!("{v:?}")).collect();
+        assert_eq!(kept, fresh);
     }
 
     fn node(c: &mut Cluster, id: &str) -> NodeId {
@@ -705,6 +722,19 @@ mod tests {
             place(t, &tid("web/0"), &n1, vec![], "least-loaded", T0 + 13)
         });
         assert_eq!(next, Some(aid("web/0/2")), "alloc ids are never reused");
+    }
+
+    #[test]
+    fn an_update_that_makes_a_job_elastic_reaches_the_views_of_its_live_allocs() {
+        let (mut c, _) = placed(2, 1);
+        assert_eq!(c.alloc_views[&aid("web/0/1")].elastic, None);
+        let elastic =
+            spec("name: web\nshards: 2\ncommand: [/bin/true]\nelastic: {min: 1, max: 2}\n");
+        step(&mut c, |t| submit(t, elastic, T0 + 10));
+        // Stopping, it still holds its room, now as a shard of an elastic job.
+        let view = &c.alloc_views[&aid("web/0/1")];
+        assert!(view.stopping);
+        assert!(view.elastic.is_some());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::model::{
     job_state, AllocRecord, JobRecord, NodeLive, NodeRecord, NodeState, TaskCounts, TaskRecord,
 };
 use crate::store::{Batch, Snapshot, StoreError};
-use crate::view::NodeViews;
+use crate::view::{alloc_view, NodeViews};
+use scheduler_policies::AllocView;
 
 #[derive(Debug, Default)]
 pub struct Cluster {
@@ -50,6 +51,8 @@ pub struct Cluster {
     pub next_seq: u64,
     /// The policies' views of the nodes, kept between passes.
     pub node_views: NodeViews,
+    /// The policies' views of the live allocs, kept as allocs change.
+    pub alloc_views: BTreeMap<AllocId, AllocView>,
 }
 
 /// Resources held on one node by its live allocs.
@@ -87,6 +90,20 @@ fn job_task_range(job: &JobId) -> (Bound<TaskId>, Bound<TaskId>) {
     )
 }
 
+/// Range over every alloc id of one job.
+fn job_alloc_range(job: &JobId) -> (Bound<AllocId>, Bound<AllocId>) {
+    (
+        Bound::Included(AllocId {
+            task: job.task(0),
+            attempt: 0,
+        }),
+        Bound::Included(AllocId {
+            task: job.task(u32::MAX),
+            attempt: u32::MAX,
+        }),
+    )
+}
+
 impl Cluster {
     /// Rebuilds the cluster from everything stored.
     pub fn from_snapshot(snapshot: &Snapshot) -> Result<Cluster, StoreError> {
@@ -116,6 +133,10 @@ impl Cluster {
                 }
                 _ => {}
             }
+        }
+        // Allocs may be read before their jobs.
+        for (id, view) in c.alloc_views.iter_mut() {
+            view.elastic = c.jobs.get(&id.task.job).and_then(|j| j.spec.elastic);
         }
         Ok(c)
     }
@@ -151,6 +172,7 @@ impl Cluster {
                     if let Some(h) = self.held_by_node.get_mut(&a.node) {
                         h.release(a);
                     }
+                    self.alloc_views.remove(&a.id);
                 }
             }
         }
@@ -163,6 +185,9 @@ impl Cluster {
             if fresh {
                 self.held_by_node.entry(a.node.clone()).or_default().hold(a);
             }
+            let elastic = self.jobs.get(&a.id.task.job).and_then(|j| j.spec.elastic);
+            self.alloc_views
+                .insert(a.id.clone(), alloc_view(a, elastic));
         }
     }
 
@@ -178,6 +203,12 @@ impl Cluster {
                     self.jobs.remove(id);
                     self.counts.remove(id);
                 }
+            }
+            // An update may change the spec; a purged job's stopping
+            // allocs outlive it.
+            let elastic = rec.as_ref().and_then(|j| j.spec.elastic);
+            for (_, view) in self.alloc_views.range_mut(job_alloc_range(id)) {
+                view.elastic = elastic;
             }
         }
         for (id, rec) in &changes.tasks {
@@ -485,26 +516,9 @@ impl<'c> Txn<'c> {
             .collect()
     }
 
-    /// Every live alloc, staged changes included.
-    pub fn live_allocs(&self) -> Vec<&AllocRecord> {
-        let mut out: BTreeMap<&AllocId, &AllocRecord> = self
-            .base
-            .live_allocs_by_node
-            .values()
-            .flatten()
-            .filter_map(|id| self.base.allocs.get(id).map(|a| (id, &**a)))
-            .collect();
-        for (id, rec) in &self.changes.allocs {
-            match rec {
-                Some(a) if a.is_live() => {
-                    out.insert(id, &**a);
-                }
-                _ => {
-                    out.remove(id);
-                }
-            }
-        }
-        out.into_values().collect()
+    /// Allocs written in this transaction (`None`: deleted).
+    pub fn staged_allocs(&self) -> &BTreeMap<AllocId, Option<Arc<AllocRecord>>> {
+        &self.changes.allocs
     }
 
     pub fn is_empty(&self) -> bool {

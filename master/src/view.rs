@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use drover_api::JobSpec;
+use drover_api::{Elastic, JobSpec};
 use scheduler_policies::{
     AllocView, ClusterView, Demand, GpuView, NodeStatus, NodeView, Reservation, TaskRequest,
 };
 
-use crate::model::{NodeLive, NodeRecord};
+use crate::model::{AllocRecord, NodeLive, NodeRecord};
 use crate::state::{Cluster, Txn};
 
 /// The policies' views of the nodes, kept between passes: rebuilt only
@@ -116,20 +116,20 @@ fn node_view(n: &NodeRecord, live: Option<&NodeLive>) -> NodeView {
 /// staged changes included, so that several policies in one pass see each
 /// other's decisions.
 pub fn build_view(txn: &Txn<'_>, nodes: Arc<Vec<NodeView>>) -> ClusterView {
-    let allocs = txn
-        .live_allocs()
-        .into_iter()
-        .map(|a| AllocView {
-            id: a.id.clone(),
-            node: a.node.clone(),
-            priority: a.priority,
-            cpu_millis: a.cpu_millis,
-            memory_bytes: a.memory_bytes,
-            gpus: a.gpus.clone(),
-            elastic: txn.job(&a.id.task.job).and_then(|j| j.spec.elastic),
-            stopping: a.is_stopping(),
-        })
+    // The kept views of the base, less what this transaction rewrote,
+    // plus what it left live.
+    let staged = txn.staged_allocs();
+    let mut allocs: Vec<AllocView> = txn
+        .base
+        .alloc_views
+        .iter()
+        .filter(|(id, _)| !staged.contains_key(*id))
+        .map(|(_, v)| v.clone())
         .collect();
+    allocs.extend(staged.values().flatten().filter(|a| a.is_live()).map(|a| {
+        let elastic = txn.job(&a.id.task.job).and_then(|j| j.spec.elastic);
+        alloc_view(a, elastic)
+    }));
     let reservations = txn
         .nominated()
         .into_iter()
@@ -146,6 +146,20 @@ pub fn build_view(txn: &Txn<'_>, nodes: Arc<Vec<NodeView>>) -> ClusterView {
         })
         .collect();
     ClusterView::with_sorted_nodes(nodes, allocs).with_reservations(reservations)
+}
+
+/// How the policies see a live alloc.
+pub fn alloc_view(a: &AllocRecord, elastic: Option<Elastic>) -> AllocView {
+    AllocView {
+        id: a.id.clone(),
+        node: a.node.clone(),
+        priority: a.priority,
+        cpu_millis: a.cpu_millis,
+        memory_bytes: a.memory_bytes,
+        gpus: a.gpus.clone(),
+        elastic,
+        stopping: a.is_stopping(),
+    }
 }
 
 /// What each task of a job needs from a node.
