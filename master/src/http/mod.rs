@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use drover_api::routes::{Access, Body, Method, Route, RouteId, ROUTES};
+use drover_api::routes::{match_order, Access, Body, Method, Route, RouteId};
 use drover_api::views::{ErrorBody, ErrorDetail, FieldProblem};
 use drover_api::{JobSpec, SpecError};
 use serde::de::DeserializeOwned;
@@ -559,8 +559,7 @@ pub fn front_routes(
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // Boxed one by one: a 20-deep chain of unboxed warp filters takes
     // rustc many minutes to type-check.
-    let api = ROUTES
-        .iter()
+    let api = match_order()
         .map(|r| route_filter(r, &front, &auth))
         .reduce(|a, b| a.or(b).unify().boxed())
         .expect("the route table is not empty");
