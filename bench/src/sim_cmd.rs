@@ -400,7 +400,7 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
     );
     println!("Per run:\n");
     println!(
-        "| run | register | submit | all running | all succeeded | passes (mean) | store commits (mean) | heartbeat at master (mean) | pass p50 / p99 | lock held p99 | GET /v1/cluster p50 / p99 / max (failed) | preemptions | restarts | errors | master CPU | sim CPU |"
+        "| run | register | submit (mean at master) | all running | all succeeded | passes (mean) | store commits (mean) | heartbeat at master (mean) | pass p50 / p99 | lock held p99 | GET /v1/cluster p50 / p99 / max (failed) | preemptions | restarts | errors | master CPU | sim CPU |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, n) in runs.iter().enumerate() {
@@ -427,7 +427,11 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
             "| {} | {} | {} | {} | {}{reached} | {} ({}) | {} ({}) | {} | {} / {} | {} | {} / {} / {} ({}) | {} | {} | {} | {} | {} |",
             i + 1,
             secs(n.register),
-            opt_secs(n.submit),
+            format!(
+                "{} ({})",
+                opt_secs(n.submit),
+                ms_mean(m.submit_seconds, m.submits)
+            ),
             opt_secs(r.all_running),
             opt_secs(r.all_succeeded),
             thousands(m.passes as u64),
