@@ -27,6 +27,11 @@ use drover_api::client::Client;
 
 use args::{ApiCommand, Cli, Command, Output};
 
+// `drover dev` and `drover simulate` run the master in this process: the
+// same allocator as drover-master (see its main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What every command needs: the client and how to print.
 #[derive(Debug)]
 pub struct Ctx {

@@ -14,6 +14,12 @@ use drover_master::core::{Master, Settings};
 use drover_master::ha::Candidate;
 use drover_master::store::{EmbeddedStore, EtcdStore};
 
+// The master allocates and frees small records on every request and pass;
+// glibc's allocator took a fifth of its CPU at 1,000 simulated nodes
+// (BENCHMARKS.md, "Scale").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Drover master: REST API, scheduler and liveness for a cluster.
 #[derive(Debug, Parser)]
 #[command(version, about)]
