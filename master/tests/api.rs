@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,15 @@ const OTHER_SUBMITTER_TOKEN: &str = "other-submitter-token-0123456789";
 struct SwitchableStore {
     inner: EmbeddedStore,
     failing: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+}
+
+/// Holds commits at the door while a test keeps it shut, counting those
+/// that arrived.
+#[derive(Debug, Default)]
+struct Gate {
+    door: tokio::sync::RwLock<()>,
+    arrived: AtomicUsize,
 }
 
 #[async_trait]
@@ -73,6 +82,8 @@ impl Store for SwitchableStore {
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        self.gate.arrived.fetch_add(1, Ordering::SeqCst);
+        drop(self.gate.door.read().await);
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(
                 "switched off by the test".to_string(),
@@ -96,11 +107,21 @@ struct Harness {
     master: Arc<Master>,
     auth: Arc<Auth>,
     store_failing: Arc<AtomicBool>,
+    store_gate: Arc<Gate>,
 }
 
-async fn open_master(dir: &Path, settings: Settings, failing: Arc<AtomicBool>) -> Arc<Master> {
+async fn open_master(
+    dir: &Path,
+    settings: Settings,
+    failing: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+) -> Arc<Master> {
     let inner = EmbeddedStore::open(dir).unwrap_or_else(|e| panic!("open the store: {e}"));
-    let store = Arc::new(SwitchableStore { inner, failing });
+    let store = Arc::new(SwitchableStore {
+        inner,
+        failing,
+        gate,
+    });
     Master::open(settings, store, Clock::system())
         .await
         .unwrap_or_else(|e| panic!("open the master: {e}"))
@@ -137,12 +158,20 @@ impl Harness {
     async fn with(settings: Settings, auth: Auth) -> Harness {
         let dir = tempfile::tempdir().expect("create a temp dir");
         let failing = Arc::new(AtomicBool::new(false));
-        let master = open_master(dir.path(), settings, Arc::clone(&failing)).await;
+        let gate = Arc::new(Gate::default());
+        let master = open_master(
+            dir.path(),
+            settings,
+            Arc::clone(&failing),
+            Arc::clone(&gate),
+        )
+        .await;
         Harness {
             dir,
             master,
             auth: Arc::new(auth),
             store_failing: failing,
+            store_gate: gate,
         }
     }
 
@@ -155,14 +184,22 @@ impl Harness {
             master,
             auth,
             store_failing,
+            store_gate,
         } = self;
         release(master);
-        let master = open_master(dir.path(), settings, Arc::clone(&store_failing)).await;
+        let master = open_master(
+            dir.path(),
+            settings,
+            Arc::clone(&store_failing),
+            Arc::clone(&store_gate),
+        )
+        .await;
         Harness {
             dir,
             master,
             auth,
             store_failing,
+            store_gate,
         }
     }
 
@@ -2099,6 +2136,41 @@ async fn a_submission_the_store_cannot_commit_is_503_with_retry_after_and_change
 }
 
 #[tokio::test]
+async fn writes_staged_while_a_failing_commit_runs_fail_with_it_and_leave_nothing() {
+    let h = Arc::new(Harness::new().await);
+    // The first submission's commit waits at the door...
+    let door = h.store_gate.door.write().await;
+    let submit = |name: &'static str| {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move { h.submit(&spec(name, 1)).await })
+    };
+    let first = submit("first");
+    while h.store_gate.arrived.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // ...while two more are staged behind it (applied in memory at once).
+    let later = [submit("second"), submit("third")];
+    loop {
+        let jobs = h.get("/v1/jobs").await.expect(200);
+        if jobs.as_array().is_some_and(|j| j.len() == 3) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    h.store_failing.store(true, Ordering::SeqCst);
+    drop(door);
+    for call in std::iter::once(first).chain(later) {
+        call.await.unwrap().expect_error(503, "unavailable");
+    }
+    assert_eq!(h.get("/v1/jobs").await.expect(200), json!([]));
+    h.store_failing.store(false, Ordering::SeqCst);
+    h.submit(&spec("fourth", 1)).await.expect(201);
+    let h = Arc::into_inner(h).expect("every call is done");
+    let snapshot = h.shut_down_and_load().await;
+    assert_eq!(keys_under(&snapshot, "jobs/"), ["jobs/fourth"]);
+}
+
+#[tokio::test]
 async fn a_scheduling_pass_the_store_cannot_commit_places_nothing() {
     let h = Harness::new().await;
     h.add_node("n1").await;
@@ -2443,7 +2515,7 @@ async fn a_real_server_takes_1000_concurrent_submissions_in_fewer_commits_and_pe
         max_requests: JOBS,
         ..Settings::default()
     };
-    let master = open_master(dir.path(), settings, Arc::default()).await;
+    let master = open_master(dir.path(), settings, Arc::default(), Arc::default()).await;
     // A burst of 1000 connects needs the deep accept queue the binary uses.
     let listener =
         drover_master::server::bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
