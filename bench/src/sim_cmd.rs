@@ -424,14 +424,11 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
             v.get(i).map_or("—".to_string(), |d| ms(d.as_secs_f64()))
         };
         println!(
-            "| {} | {} | {} | {} | {}{reached} | {} ({}) | {} ({}) | {} | {} / {} | {} | {} / {} / {} ({}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} ({}) | {} | {}{reached} | {} ({}) | {} ({}) | {} | {} / {} | {} | {} / {} / {} ({}) | {} | {} | {} | {} | {} |",
             i + 1,
             secs(n.register),
-            format!(
-                "{} ({})",
-                opt_secs(n.submit),
-                ms_mean(m.submit_seconds, m.submits)
-            ),
+            opt_secs(n.submit),
+            ms_mean(m.submit_seconds, m.submits),
             opt_secs(r.all_running),
             opt_secs(r.all_succeeded),
             thousands(m.passes as u64),

@@ -595,26 +595,18 @@ mod tests {
 
     fn node(c: &mut Cluster, id: &str) -> NodeId {
         let id = NodeId::new(id).unwrap();
-        let rec = NodeRecord {
-            id: id.clone(),
-            desc: NodeDescriptor {
-                hostname: id.to_string(),
-                log_addr: String::new(),
-                resources: NodeResources {
-                    cpu_millis: 4000,
-                    memory_bytes: 8 << 30,
-                    gpus: vec![],
-                },
-                version: "test".into(),
-                ..NodeDescriptor::default()
+        let desc = NodeDescriptor {
+            hostname: id.to_string(),
+            log_addr: String::new(),
+            resources: NodeResources {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+                gpus: vec![],
             },
-            down: false,
-            credential_sha256: None,
-            revoked: false,
-            log_key: None,
-            drain: None,
-            registered_at_ms: T0,
+            version: "test".into(),
+            ..NodeDescriptor::default()
         };
+        let rec = NodeRecord::joined(id.clone(), desc, T0);
         step(c, |t| t.put_node(rec));
         id
     }

@@ -128,6 +128,23 @@ pub struct NodeRecord {
     pub registered_at_ms: u64,
 }
 
+#[cfg(test)]
+impl NodeRecord {
+    /// A node as its first registration leaves it, with authentication off.
+    pub(crate) fn joined(id: NodeId, desc: NodeDescriptor, at_ms: u64) -> NodeRecord {
+        NodeRecord {
+            id,
+            desc,
+            down: false,
+            credential_sha256: None,
+            revoked: false,
+            log_key: None,
+            drain: None,
+            registered_at_ms: at_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drain {
     pub started_at_ms: u64,

@@ -273,32 +273,24 @@ mod tests {
     use drover_api::NodeId;
 
     fn record(id: &str, gpus: &[u32]) -> NodeRecord {
-        NodeRecord {
-            id: NodeId::new(id).unwrap(),
-            desc: NodeDescriptor {
-                hostname: id.into(),
-                resources: NodeResources {
-                    cpu_millis: 4000,
-                    memory_bytes: 8 << 30,
-                    gpus: gpus
-                        .iter()
-                        .map(|i| GpuDevice {
-                            index: *i,
-                            uuid: format!("GPU-{i}"),
-                            model: "T4".into(),
-                            memory_bytes: 1 << 30,
-                        })
-                        .collect(),
-                },
-                ..NodeDescriptor::default()
+        let desc = NodeDescriptor {
+            hostname: id.into(),
+            resources: NodeResources {
+                cpu_millis: 4000,
+                memory_bytes: 8 << 30,
+                gpus: gpus
+                    .iter()
+                    .map(|i| GpuDevice {
+                        index: *i,
+                        uuid: format!("GPU-{i}"),
+                        model: "T4".into(),
+                        memory_bytes: 1 << 30,
+                    })
+                    .collect(),
             },
-            down: false,
-            credential_sha256: None,
-            revoked: false,
-            log_key: None,
-            drain: None,
-            registered_at_ms: 0,
-        }
+            ..NodeDescriptor::default()
+        };
+        NodeRecord::joined(NodeId::new(id).unwrap(), desc, 0)
     }
 
     fn put(c: &mut Cluster, records: Vec<NodeRecord>, gone: &[&str]) {
