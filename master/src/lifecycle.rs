@@ -574,6 +574,7 @@ mod tests {
         };
         c.apply(&changes);
         assert_alloc_views_kept(c);
+        assert_eq!(c.tally, crate::state::Tally::count(c), "the kept tally");
         r
     }
 

@@ -1,7 +1,9 @@
 //! Master metrics (DESIGN §9). Counters and histograms are updated where
 //! things happen; gauges that describe the cluster (nodes, jobs, tasks,
-//! capacity, queue depth) are computed from the cluster at scrape time, so
-//! they cannot drift. No per-task or per-job labels.
+//! capacity, queue depth) are read at scrape time from the tally the
+//! cluster keeps as it changes (`state::Tally`; tests hold it equal to a
+//! count from scratch after every change), without the cluster lock. No
+//! per-task or per-job labels.
 //!
 //! `dashboards/METRICS.md` is the catalog of these and the agent's metrics;
 //! the `drover-monitoring` tests hold the two to each other.

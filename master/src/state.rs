@@ -11,12 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use drover_api::{AllocId, JobId, JobState, NodeId, TaskId, TaskState};
+use drover_api::{AllocId, JobId, JobState, NodeId, NodeState, TaskId, TaskState};
 
 use crate::model::{
-    job_state, AllocRecord, JobRecord, NodeLive, NodeRecord, NodeState, TaskCounts, TaskRecord,
+    job_state, AllocRecord, JobRecord, NodeLive, NodeRecord, TaskCounts, TaskRecord,
 };
 use crate::store::{Batch, Snapshot, StoreError};
 use crate::view::{alloc_view, NodeViews};
@@ -53,6 +53,109 @@ pub struct Cluster {
     pub node_views: NodeViews,
     /// The policies' views of the live allocs, kept as allocs change.
     pub alloc_views: BTreeMap<AllocId, AllocView>,
+    /// What `GET /v1/cluster` and the gauges report, kept as changes are
+    /// applied, and `published` for reading without the cluster lock.
+    pub tally: Tally,
+    pub published: Arc<Mutex<Tally>>,
+}
+
+/// A kind of state's slots, by the state's place in its `ALL`.
+type ByState = [u64; 16];
+const _: () = assert!(NodeState::ALL.len() <= 16);
+const _: () = assert!(JobState::ALL.len() <= 16);
+const _: () = assert!(TaskState::ALL.len() <= 16);
+
+fn slot<S: PartialEq>(all: &[S], state: &S) -> usize {
+    all.iter().position(|s| s == state).unwrap_or(0)
+}
+
+/// Counts of nodes, jobs and tasks by state, the allocatable capacity of
+/// the nodes that are not down and what the live allocs hold (cpu,
+/// memory, GPUs; summed exactly in u128 so that they can be taken back,
+/// reported saturated as the per-node sums are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub nodes: ByState,
+    pub jobs: ByState,
+    pub tasks: ByState,
+    pub capacity: [u128; 3],
+    pub allocated: [u128; 3],
+}
+
+impl Tally {
+    /// Counted from scratch: what the kept tally must always equal.
+    pub fn count(c: &Cluster) -> Tally {
+        let mut t = Tally::default();
+        for n in c.nodes.values() {
+            t.node(c.node_state(n), n, 1);
+        }
+        for id in c.jobs.keys() {
+            t.job(c.job_state_of(id), 1);
+        }
+        for task in c.tasks.values() {
+            t.tasks[slot(TaskState::ALL, &task.state)] += 1;
+        }
+        for h in c.held_by_node.values() {
+            t.held(*h, 1);
+        }
+        t
+    }
+
+    pub fn node_count(&self, state: NodeState) -> u64 {
+        self.nodes[slot(NodeState::ALL, &state)]
+    }
+
+    pub fn job_count(&self, state: JobState) -> u64 {
+        self.jobs[slot(JobState::ALL, &state)]
+    }
+
+    pub fn task_count(&self, state: TaskState) -> u64 {
+        self.tasks[slot(TaskState::ALL, &state)]
+    }
+
+    fn node(&mut self, state: NodeState, n: &NodeRecord, sign: i8) {
+        let i = slot(NodeState::ALL, &state);
+        self.nodes[i] = add_signed(self.nodes[i], sign);
+        if state != NodeState::Down {
+            let r = &n.desc.resources;
+            let cpu = r.cpu_millis.saturating_sub(n.desc.reserved.cpu_millis);
+            let mem = r.memory_bytes.saturating_sub(n.desc.reserved.memory_bytes);
+            bump(&mut self.capacity, [cpu, mem, r.gpus.len() as u64], sign);
+        }
+    }
+
+    fn job(&mut self, state: Option<JobState>, sign: i8) {
+        if let Some(state) = state {
+            let i = slot(JobState::ALL, &state);
+            self.jobs[i] = add_signed(self.jobs[i], sign);
+        }
+    }
+
+    fn held(&mut self, h: Held, sign: i8) {
+        bump(
+            &mut self.allocated,
+            [h.cpu_millis, h.memory_bytes, h.gpus],
+            sign,
+        );
+    }
+}
+
+fn add_signed(v: u64, sign: i8) -> u64 {
+    if sign > 0 {
+        v + 1
+    } else {
+        v.saturating_sub(1)
+    }
+}
+
+fn bump(sums: &mut [u128; 3], by: [u64; 3], sign: i8) {
+    for (s, b) in sums.iter_mut().zip(by) {
+        if sign > 0 {
+            *s += u128::from(b);
+        } else {
+            *s = s.saturating_sub(u128::from(b));
+        }
+    }
 }
 
 /// Resources held on one node by its live allocs.
@@ -138,10 +241,33 @@ impl Cluster {
         for (id, view) in c.alloc_views.iter_mut() {
             view.elastic = c.jobs.get(&id.task.job).and_then(|j| j.spec.elastic);
         }
+        // Counted once the indexes are whole; kept from here on.
+        c.tally = Tally::count(&c);
+        c.publish();
         Ok(c)
     }
 
     fn index_task(&mut self, old: Option<&TaskRecord>, new: Option<&TaskRecord>) {
+        let job = old.or(new).map(|t| t.id.job.clone());
+        let before = job.as_ref().and_then(|j| self.job_state_of(j));
+        self.count_tasks(old, new);
+        if let Some(job) = job {
+            let after = self.job_state_of(&job);
+            if before != after {
+                self.tally.job(before, -1);
+                self.tally.job(after, 1);
+            }
+        }
+    }
+
+    fn count_tasks(&mut self, old: Option<&TaskRecord>, new: Option<&TaskRecord>) {
+        if let Some(t) = old {
+            let i = slot(TaskState::ALL, &t.state);
+            self.tally.tasks[i] = add_signed(self.tally.tasks[i], -1);
+        }
+        if let Some(t) = new {
+            self.tally.tasks[slot(TaskState::ALL, &t.state)] += 1;
+        }
         if let Some(t) = old {
             if let Some(c) = self.counts.get_mut(&t.id.job) {
                 c.add(t.state, -1);
@@ -170,7 +296,9 @@ impl Cluster {
             if let Some(set) = self.live_allocs_by_node.get_mut(&a.node) {
                 if set.remove(&a.id) {
                     if let Some(h) = self.held_by_node.get_mut(&a.node) {
+                        self.tally.held(*h, -1);
                         h.release(a);
+                        self.tally.held(*h, 1);
                     }
                     self.alloc_views.remove(&a.id);
                 }
@@ -183,7 +311,10 @@ impl Cluster {
                 .or_default()
                 .insert(a.id.clone());
             if fresh {
-                self.held_by_node.entry(a.node.clone()).or_default().hold(a);
+                let h = self.held_by_node.entry(a.node.clone()).or_default();
+                self.tally.held(*h, -1);
+                h.hold(a);
+                self.tally.held(*h, 1);
             }
             let elastic = self.jobs.get(&a.id.task.job).and_then(|j| j.spec.elastic);
             self.alloc_views
@@ -195,6 +326,7 @@ impl Cluster {
     /// shared, once the lock is released).
     pub fn apply(&mut self, changes: &Changes) {
         for (id, rec) in &changes.jobs {
+            let before = self.job_state_of(id);
             match rec {
                 Some(j) => {
                     self.jobs.insert(id.clone(), Arc::clone(j));
@@ -204,6 +336,9 @@ impl Cluster {
                     self.counts.remove(id);
                 }
             }
+            let after = self.job_state_of(id);
+            self.tally.job(before, -1);
+            self.tally.job(after, 1);
             // An update may change the spec; a purged job's stopping
             // allocs outlive it.
             let elastic = rec.as_ref().and_then(|j| j.spec.elastic);
@@ -234,10 +369,16 @@ impl Cluster {
             self.node_views.invalidate();
         }
         for (id, rec) in &changes.nodes {
+            if let Some(old) = self.nodes.get(id).cloned() {
+                let state = self.node_state(&old);
+                self.tally.node(state, &old, -1);
+            }
             match rec {
                 Some(n) => {
                     self.live.entry(id.clone()).or_default();
                     self.nodes.insert(id.clone(), Arc::clone(n));
+                    let state = self.node_state(n);
+                    self.tally.node(state, n, 1);
                 }
                 None => {
                     self.nodes.remove(id);
@@ -246,6 +387,39 @@ impl Cluster {
             }
         }
         self.next_seq = self.next_seq.max(changes.next_seq);
+        self.publish();
+    }
+
+    /// A job's state now, if it is known.
+    fn job_state_of(&self, id: &JobId) -> Option<JobState> {
+        let job = self.jobs.get(id)?;
+        Some(self.job_state(job))
+    }
+
+    /// Marks a node suspect (missed heartbeats) or not, keeping the tally.
+    pub fn set_suspect(&mut self, id: &NodeId, suspect: bool) {
+        let live = self.live.entry(id.clone()).or_default();
+        if live.suspect == suspect {
+            return;
+        }
+        let node = self.nodes.get(id).cloned();
+        if let Some(n) = &node {
+            let state = self.node_state(n);
+            self.tally.node(state, n, -1);
+        }
+        if let Some(live) = self.live.get_mut(id) {
+            live.suspect = suspect;
+        }
+        if let Some(n) = &node {
+            let state = self.node_state(n);
+            self.tally.node(state, n, 1);
+        }
+        self.publish();
+    }
+
+    /// Makes the tally readable without the cluster lock.
+    pub fn publish(&self) {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = self.tally;
     }
 
     pub fn job_counts(&self, job: &JobId) -> TaskCounts {

@@ -14,7 +14,7 @@ use drover_master::clock::Clock;
 use drover_master::core::{Master, Settings};
 use drover_master::lifecycle;
 use drover_master::model::NodeState;
-use drover_master::state::Txn;
+use drover_master::state::{Tally, Txn};
 use drover_master::store::EmbeddedStore;
 use tempfile::TempDir;
 
@@ -107,8 +107,17 @@ async fn seconds_pass(m: &Master, n: u32, alive: &[&str]) -> Vec<NodeId> {
             heartbeat(m, a).await;
         }
         down.extend(m.check_liveness().await.unwrap());
+        assert_tally_kept(m).await;
     }
     down
+}
+
+/// The tally that `GET /v1/cluster` reads is what the books say, through
+/// suspect, down and back.
+async fn assert_tally_kept(m: &Master) {
+    let c = m.lock().await;
+    assert_eq!(c.tally, Tally::count(&c));
+    assert_eq!(*c.published.lock().unwrap(), c.tally);
 }
 
 /// Node of the live alloc of each task of job `web`.
@@ -135,6 +144,10 @@ async fn a_silent_node_becomes_suspect_then_down_and_its_tasks_run_elsewhere() {
     assert!(seconds_pass(&m, 4, &["n2", "n3"]).await.is_empty());
     assert_eq!(node_state(&m, "n1").await, NodeState::Suspect);
     assert_eq!(node_state(&m, "n2").await, NodeState::Ready);
+    let summary = m.summary("here").await;
+    assert_eq!(summary.nodes["suspect"], 1, "{summary:?}");
+    assert_eq!(summary.nodes["ready"], 2, "{summary:?}");
+    assert_eq!(summary.tasks["assigned"], 3, "{summary:?}");
 
     let down = seconds_pass(&m, 7, &["n2", "n3"]).await;
     assert_eq!(down, vec![nid("n1")]);

@@ -269,9 +269,12 @@ impl Master {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(node.clone(), self.clock.now());
-        if let Some(live) = cluster.live.get_mut(node) {
-            live.suspect = false;
+        let was_suspect = cluster.live.get_mut(node).is_some_and(|live| {
             live.last_heartbeat_ms = self.clock.wall_ms();
+            live.suspect
+        });
+        if was_suspect {
+            cluster.set_suspect(node, false);
         }
     }
 

@@ -251,44 +251,35 @@ impl Master {
     /// Cluster-wide numbers; also what the `/metrics` gauges show. `leader`
     /// is the address this master advertises.
     pub async fn summary(&self, leader: &str) -> ClusterSummary {
-        let c = self.lock().await;
-        let name = |s: &str| s.to_string();
-        let mut s = ClusterSummary {
-            nodes: NodeState::ALL.iter().map(|n| (name(n.name()), 0)).collect(),
-            jobs: JobState::ALL.iter().map(|j| (name(j.name()), 0)).collect(),
-            tasks: TaskState::ALL.iter().map(|t| (name(t.name()), 0)).collect(),
-            capacity: Amounts::default(),
-            allocated: Amounts::default(),
-            queue_depth: c.pending.len() as u64,
+        // Kept as changes are applied: a read never waits for the lock.
+        let t = *self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let by_name = |names: Vec<&str>, counts: &[u64]| {
+            names
+                .into_iter()
+                .zip(counts)
+                .map(|(n, c)| (n.to_string(), *c))
+                .collect()
+        };
+        let sum = |s: [u128; 3]| Amounts {
+            cpu_millis: saturate(s[0]),
+            memory_bytes: saturate(s[1]),
+            gpus: saturate(s[2]),
+        };
+        ClusterSummary {
+            nodes: by_name(NodeState::ALL.iter().map(|s| s.name()).collect(), &t.nodes),
+            jobs: by_name(JobState::ALL.iter().map(|s| s.name()).collect(), &t.jobs),
+            tasks: by_name(TaskState::ALL.iter().map(|s| s.name()).collect(), &t.tasks),
+            capacity: sum(t.capacity),
+            allocated: sum(t.allocated),
+            queue_depth: t.task_count(TaskState::Pending),
             leader: leader.to_string(),
             store_backend: self.backend().to_string(),
-        };
-        let bump = |map: &mut std::collections::BTreeMap<String, u64>, key: &str, n: u64| {
-            if let Some(v) = map.get_mut(key) {
-                *v += n;
-            }
-        };
-        for n in c.nodes.values() {
-            let state = c.node_state(n);
-            bump(&mut s.nodes, state.name(), 1);
-            if state != NodeState::Down {
-                let a = allocatable(n);
-                add(&mut s.capacity, a);
-            }
-            if let Some(h) = c.held_by_node.get(&n.id) {
-                add(&mut s.allocated, amounts(*h));
-            }
         }
-        for j in c.jobs.values() {
-            bump(&mut s.jobs, c.job_state(j).name(), 1);
-        }
-        for counts in c.counts.values() {
-            for (state, n) in &counts.0 {
-                bump(&mut s.tasks, state.name(), u64::from(*n));
-            }
-        }
-        s
     }
+}
+
+fn saturate(v: u128) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 /// Whether `who` may update, stop or purge `job`: an admin any job, a
@@ -367,12 +358,6 @@ fn task_view(c: &Cluster, t: &TaskRecord) -> TaskView {
 }
 
 /// Adds `b` to `a`, saturating: nodes report any capacity they like.
-fn add(a: &mut Amounts, b: Amounts) {
-    a.cpu_millis = a.cpu_millis.saturating_add(b.cpu_millis);
-    a.memory_bytes = a.memory_bytes.saturating_add(b.memory_bytes);
-    a.gpus = a.gpus.saturating_add(b.gpus);
-}
-
 fn amounts(h: Held) -> Amounts {
     Amounts {
         cpu_millis: h.cpu_millis,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant as StdInstant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -249,9 +249,12 @@ impl Master {
     /// writes be staged again.
     async fn reload(&self) -> Result<(), StoreError> {
         let snapshot = self.store.load().await?;
-        let fresh = Cluster::from_snapshot(&snapshot)?;
+        let mut fresh = Cluster::from_snapshot(&snapshot)?;
+        // Readers keep reading the master's tally: the fresh one goes there.
+        fresh.published = Arc::clone(&self.tally);
         let mut cluster = self.lock().await;
         *cluster = fresh;
+        cluster.publish();
         self.stale.store(false, Ordering::SeqCst);
         // Polls refused while the cluster was stale: answer them now.
         let nodes: Touched = cluster

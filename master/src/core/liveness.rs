@@ -8,7 +8,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::lifecycle;
-use crate::model::NodeLive;
 use crate::state::Txn;
 
 use super::{CommitError, Master};
@@ -54,12 +53,9 @@ impl Master {
                 let silent = seen
                     .get(&id)
                     .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t));
-                let live = cluster
-                    .live
-                    .entry(id.clone())
-                    .or_insert_with(NodeLive::default);
-                live.suspect = silent > suspect_after;
-                quiet += usize::from(live.suspect);
+                let suspect = silent > suspect_after;
+                cluster.set_suspect(&id, suspect);
+                quiet += usize::from(suspect);
                 if silent > self.settings.node_timeout {
                     candidates.push(id);
                 }

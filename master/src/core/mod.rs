@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::model::{Drain, NodeRecord};
-use crate::state::{Cluster, Txn};
+use crate::state::{Cluster, Tally, Txn};
 use crate::store::{Store, StoreError};
 
 mod agents;
@@ -114,6 +114,9 @@ pub struct Master {
     pub metrics: Metrics,
     store: Arc<dyn Store>,
     cluster: Mutex<Cluster>,
+    /// The cluster's tally as of its last change: `GET /v1/cluster` and the
+    /// gauges read it without waiting for the cluster lock.
+    tally: Arc<std::sync::Mutex<Tally>>,
     /// Heartbeat receive times, by the master's monotonic clock.
     last_seen: std::sync::Mutex<BTreeMap<NodeId, Instant>>,
     /// Each node's assignment version and what its recent versions changed.
@@ -193,6 +196,7 @@ impl Master {
                 settings,
                 metrics,
                 store,
+                tally: Arc::clone(&cluster.published),
                 cluster: Mutex::new(cluster),
                 last_seen: std::sync::Mutex::new(last_seen),
                 feeds: std::sync::Mutex::new(Feeds::new()),
