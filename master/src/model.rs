@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use drover_api::protocol::NodeDescriptor;
 use drover_api::state::Transition;
+use drover_api::views::Amounts;
 use drover_api::{AllocId, AllocState, JobId, JobSpec, JobState, NodeId, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +127,32 @@ pub struct NodeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Drain>,
     pub registered_at_ms: u64,
+}
+
+impl NodeRecord {
+    /// Capacity less what is reserved (saturating: nodes report any
+    /// capacity they like).
+    pub fn allocatable(&self) -> Amounts {
+        let (r, reserved) = (&self.desc.resources, &self.desc.reserved);
+        Amounts {
+            cpu_millis: r.cpu_millis.saturating_sub(reserved.cpu_millis),
+            memory_bytes: r.memory_bytes.saturating_sub(reserved.memory_bytes),
+            gpus: r.gpus.len() as u64,
+        }
+    }
+
+    /// The node's state given what its heartbeats said (`live`).
+    pub fn state(&self, live: Option<&NodeLive>) -> NodeState {
+        if self.down {
+            NodeState::Down
+        } else if live.is_some_and(|l| l.suspect) {
+            NodeState::Suspect
+        } else if self.drain.is_some() {
+            NodeState::Draining
+        } else {
+            NodeState::Ready
+        }
+    }
 }
 
 #[cfg(test)]

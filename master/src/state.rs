@@ -101,14 +101,6 @@ impl Tally {
         t
     }
 
-    pub fn node_count(&self, state: NodeState) -> u64 {
-        self.nodes[slot(NodeState::ALL, &state)]
-    }
-
-    pub fn job_count(&self, state: JobState) -> u64 {
-        self.jobs[slot(JobState::ALL, &state)]
-    }
-
     pub fn task_count(&self, state: TaskState) -> u64 {
         self.tasks[slot(TaskState::ALL, &state)]
     }
@@ -117,10 +109,12 @@ impl Tally {
         let i = slot(NodeState::ALL, &state);
         self.nodes[i] = add_signed(self.nodes[i], sign);
         if state != NodeState::Down {
-            let r = &n.desc.resources;
-            let cpu = r.cpu_millis.saturating_sub(n.desc.reserved.cpu_millis);
-            let mem = r.memory_bytes.saturating_sub(n.desc.reserved.memory_bytes);
-            bump(&mut self.capacity, [cpu, mem, r.gpus.len() as u64], sign);
+            let a = n.allocatable();
+            bump(
+                &mut self.capacity,
+                [a.cpu_millis, a.memory_bytes, a.gpus],
+                sign,
+            );
         }
     }
 
@@ -435,15 +429,7 @@ impl Cluster {
     }
 
     pub fn node_state(&self, node: &NodeRecord) -> NodeState {
-        if node.down {
-            NodeState::Down
-        } else if self.live.get(&node.id).is_some_and(|l| l.suspect) {
-            NodeState::Suspect
-        } else if node.drain.is_some() {
-            NodeState::Draining
-        } else {
-            NodeState::Ready
-        }
+        node.state(self.live.get(&node.id))
     }
 
     /// Live allocs on a node, in id order.

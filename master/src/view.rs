@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use drover_api::{Elastic, JobSpec};
+use drover_api::{Elastic, JobSpec, NodeState};
 use scheduler_policies::{
     AllocView, ClusterView, Demand, GpuView, NodeStatus, NodeView, Reservation, TaskRequest,
 };
@@ -61,14 +61,11 @@ pub fn node_views(cluster: &mut Cluster) -> Arc<Vec<NodeView>> {
 }
 
 fn node_status(n: &NodeRecord, live: Option<&NodeLive>) -> NodeStatus {
-    if n.down {
-        NodeStatus::Down
-    } else if live.is_some_and(|l| l.suspect) {
-        NodeStatus::Suspect
-    } else if n.drain.is_some() {
-        NodeStatus::Draining
-    } else {
-        NodeStatus::Ready
+    match n.state(live) {
+        NodeState::Ready => NodeStatus::Ready,
+        NodeState::Suspect => NodeStatus::Suspect,
+        NodeState::Draining => NodeStatus::Draining,
+        NodeState::Down => NodeStatus::Down,
     }
 }
 
@@ -80,11 +77,7 @@ fn utilisation(live: Option<&NodeLive>, cpu_millis: u64) -> f64 {
 }
 
 fn node_view(n: &NodeRecord, live: Option<&NodeLive>) -> NodeView {
-    let cpu = n
-        .desc
-        .resources
-        .cpu_millis
-        .saturating_sub(n.desc.reserved.cpu_millis);
+    let allocatable = n.allocatable();
     let mut gpus: Vec<GpuView> = n
         .desc
         .resources
@@ -99,15 +92,11 @@ fn node_view(n: &NodeRecord, live: Option<&NodeLive>) -> NodeView {
     NodeView {
         id: n.id.clone(),
         status: node_status(n, live),
-        cpu_millis: cpu,
-        memory_bytes: n
-            .desc
-            .resources
-            .memory_bytes
-            .saturating_sub(n.desc.reserved.memory_bytes),
+        cpu_millis: allocatable.cpu_millis,
+        memory_bytes: allocatable.memory_bytes,
         gpus,
         labels: n.desc.labels.clone(),
-        utilisation: utilisation(live, cpu),
+        utilisation: utilisation(live, allocatable.cpu_millis),
     }
 }
 
@@ -224,23 +213,14 @@ impl Capacity {
                 .flatten()
                 .unwrap_or_default();
             // Saturating: nodes report any capacity they like.
-            c.cpu_millis = c.cpu_millis.saturating_add(
-                n.desc
-                    .resources
-                    .cpu_millis
-                    .saturating_sub(n.desc.reserved.cpu_millis)
-                    .saturating_sub(held.cpu_millis),
-            );
-            c.memory_bytes = c.memory_bytes.saturating_add(
-                n.desc
-                    .resources
-                    .memory_bytes
-                    .saturating_sub(n.desc.reserved.memory_bytes)
-                    .saturating_sub(held.memory_bytes),
-            );
-            c.gpus = c
-                .gpus
-                .saturating_add((n.desc.resources.gpus.len() as u64).saturating_sub(held.gpus));
+            let a = n.allocatable();
+            c.cpu_millis = c
+                .cpu_millis
+                .saturating_add(a.cpu_millis.saturating_sub(held.cpu_millis));
+            c.memory_bytes = c
+                .memory_bytes
+                .saturating_add(a.memory_bytes.saturating_sub(held.memory_bytes));
+            c.gpus = c.gpus.saturating_add(a.gpus.saturating_sub(held.gpus));
         }
         c
     }

@@ -253,22 +253,25 @@ impl Master {
     pub async fn summary(&self, leader: &str) -> ClusterSummary {
         // Kept as changes are applied: a read never waits for the lock.
         let t = *self.tally.lock().unwrap_or_else(|e| e.into_inner());
-        let by_name = |names: Vec<&str>, counts: &[u64]| {
-            names
-                .into_iter()
+        fn by_name<S: Copy>(
+            all: &[S],
+            name: fn(S) -> &'static str,
+            counts: &[u64],
+        ) -> std::collections::BTreeMap<String, u64> {
+            all.iter()
                 .zip(counts)
-                .map(|(n, c)| (n.to_string(), *c))
+                .map(|(s, n)| (name(*s).to_string(), *n))
                 .collect()
-        };
+        }
         let sum = |s: [u128; 3]| Amounts {
             cpu_millis: saturate(s[0]),
             memory_bytes: saturate(s[1]),
             gpus: saturate(s[2]),
         };
         ClusterSummary {
-            nodes: by_name(NodeState::ALL.iter().map(|s| s.name()).collect(), &t.nodes),
-            jobs: by_name(JobState::ALL.iter().map(|s| s.name()).collect(), &t.jobs),
-            tasks: by_name(TaskState::ALL.iter().map(|s| s.name()).collect(), &t.tasks),
+            nodes: by_name(NodeState::ALL, NodeState::name, &t.nodes),
+            jobs: by_name(JobState::ALL, JobState::name, &t.jobs),
+            tasks: by_name(TaskState::ALL, TaskState::name, &t.tasks),
             capacity: sum(t.capacity),
             allocated: sum(t.allocated),
             queue_depth: t.task_count(TaskState::Pending),
@@ -357,29 +360,11 @@ fn task_view(c: &Cluster, t: &TaskRecord) -> TaskView {
     }
 }
 
-/// Adds `b` to `a`, saturating: nodes report any capacity they like.
 fn amounts(h: Held) -> Amounts {
     Amounts {
         cpu_millis: h.cpu_millis,
         memory_bytes: h.memory_bytes,
         gpus: h.gpus,
-    }
-}
-
-/// Capacity less what is reserved.
-fn allocatable(n: &NodeRecord) -> Amounts {
-    Amounts {
-        cpu_millis: n
-            .desc
-            .resources
-            .cpu_millis
-            .saturating_sub(n.desc.reserved.cpu_millis),
-        memory_bytes: n
-            .desc
-            .resources
-            .memory_bytes
-            .saturating_sub(n.desc.reserved.memory_bytes),
-        gpus: n.desc.resources.gpus.len() as u64,
     }
 }
 
@@ -396,7 +381,7 @@ fn node_view(c: &Cluster, n: &NodeRecord) -> NodeView {
         }),
         registered_at_ms: n.registered_at_ms,
         state: c.node_state(n),
-        allocatable: allocatable(n),
+        allocatable: n.allocatable(),
         allocated: amounts(c.held_by_node.get(&n.id).copied().unwrap_or_default()),
         usage: Amounts {
             cpu_millis: live.map_or(0, |l| l.usage_cpu_millis),
