@@ -13,6 +13,7 @@ use drover_bench::sim::{
     cpu_time_of, master_binary, plan_jobs, raise_fd_limit, MasterMetrics, MasterProcess,
     MasterSettings, Memory, Sim, SimOptions, SimReport,
 };
+use drover_bench::Summary;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -417,11 +418,11 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
                 thousands(r.progress.succeeded)
             )
         };
-        let reads = |q: f64| {
-            let mut v = n.cluster_reads.clone();
-            v.sort();
-            let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len().max(1)) - 1;
-            v.get(i).map_or("—".to_string(), |d| ms(d.as_secs_f64()))
+        let reads = Summary::of(&n.cluster_reads);
+        let read = |at: fn(&Summary) -> Duration| {
+            reads
+                .as_ref()
+                .map_or("—".to_string(), |s| ms(at(s).as_secs_f64()))
         };
         println!(
             "| {} | {} | {} ({}) | {} | {}{reached} | {} ({}) | {} ({}) | {} | {} / {} | {} | {} / {} / {} ({}) | {} | {} | {} | {} | {} |",
@@ -439,9 +440,9 @@ fn print_tables(args: &SimArgs, runs: &[RunNumbers]) {
             m.pass_p50.map_or("—".to_string(), ms),
             m.pass_p99.map_or("—".to_string(), ms),
             m.lock_p99.map_or("—".to_string(), ms),
-            reads(0.5),
-            reads(0.99),
-            reads(1.0),
+            read(|s| s.p50),
+            read(|s| s.p99),
+            read(|s| s.max),
             n.cluster_read_errors,
             m.preemptions,
             r.restarts,
